@@ -1,0 +1,37 @@
+"""`transferkit classify`: ImageNet labels for images, from a pretrained backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli import output
+
+
+def classify(
+    images: list[Path] = typer.Argument(..., help="image files (any format Pillow reads)"),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name; see `transferkit backbones`"),
+    weights: str = typer.Option("auto", "--weights", help="auto, a .safetensors/.pth file, package, hub, or none"),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=1000, help="labels to show per image"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Classify images into the 1000 ImageNet classes with a pretrained backbone."""
+    from transferkit.backbones import create_backbone
+    from transferkit.classify import classify_images
+
+    output.check_format(fmt, ("table", "json"))
+    model = create_backbone(backbone, weights=weights)
+    spec = model.spec
+    results = classify_images(list(images), model, top_k=top_k)
+    if fmt == "json":
+        output.print_json({"backbone": spec.to_dict(), "results": [r.to_dict() for r in results]})
+    else:
+        output.info(f"backbone {spec.name} ({spec.timm_name}), weights: {spec.weights_source} {spec.weights_location}")
+        for r in results:
+            if not r.ok:
+                output.error_line(f"{r.path}: {r.error}")
+                continue
+            output.print_table(r.path, ("rank", "class", "probability"), [(n + 1, lbl, f"{p:.4f}") for n, (_, lbl, p) in enumerate(r.top)])
+    if not any(r.ok for r in results):
+        raise typer.Exit(1)

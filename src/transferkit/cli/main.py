@@ -1,0 +1,88 @@
+"""The `transferkit` command: a thin typer layer over the library.
+
+Each command lives in its own module (one per command group) and is registered here. Known errors
+(:class:`~transferkit.errors.TransferkitError`) print one line and exit 1; set
+``TRANSFERKIT_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from transferkit import __version__
+from transferkit.cli import output
+
+app = typer.Typer(
+    name="transferkit",
+    help="Pretrained ImageNet networks turned into custom image classifiers; look inside them and attack them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        output.info(f"transferkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more log output (-v info, -vv debug)"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def _register() -> None:
+    from transferkit.cli.backbones import backbones
+    from transferkit.cli.classify import classify
+
+    app.command("backbones")(backbones)
+    app.command("classify")(classify)
+    # Command groups added by later stages register themselves here, one line each.
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    from transferkit.errors import TransferkitError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except TransferkitError as exc:
+        if output.debug_enabled():
+            raise
+        output.error_line(str(exc))
+        return 1
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        output.error_line("aborted")
+        return 130
+    except KeyboardInterrupt:
+        output.error_line("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if os.environ.get("TRANSFERKIT_DEBUG"):
+            raise
+        output.error_line(f"{type(exc).__name__}: {exc} (set TRANSFERKIT_DEBUG=1 for the traceback)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Decoding any image file Pillow can read into RGB, and preprocessing it for a backbone.
+
+Every failure becomes an :class:`ImageDecodeError` whose message is the reason, so callers can
+report the file and carry on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from transferkit.backbones.spec import BackboneSpec
+from transferkit.errors import TransferkitError
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 179 MP)
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+class ImageDecodeError(TransferkitError):
+    """A file could not be turned into an RGB image; the message is the reason."""
+
+
+def pil_interpolation(name: str) -> Image.Resampling:
+    try:
+        return _INTERPOLATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {name!r}; use one of {sorted(_INTERPOLATIONS)}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparent pixels are composited onto white, always the same way."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = (hi - lo) or 1.0
+        img = Image.fromarray(((arr - lo) / scale * 255.0 + 0.5).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(
+    path: str | Path,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_truncated: bool = False,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Read an image file as an RGB PIL image, EXIF orientation applied.
+
+    Args:
+        path: any file Pillow can read (JPEG, PNG, GIF, WebP, BMP, TIFF, ...), whatever its suffix.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard);
+            ``None`` disables the guard.
+        allow_truncated: decode truncated files (missing data filled grey) instead of rejecting.
+        draft_size: if set, let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale as long as the
+            shorter side stays >= ``draft_size`` (nearly free, much faster for large photos).
+
+    Raises:
+        ImageDecodeError: with the reason (empty file, not an image, truncated, too large, ...).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(path)
+            except Image.DecompressionBombWarning as exc:
+                raise ImageDecodeError(f"too many pixels (decompression-bomb guard): {exc}") from None
+        with img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"too many pixels: {w}x{h} = {w * h} > max_pixels {max_pixels} "
+                    "(raise max_pixels if the file is trusted)"
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # first frame of an animation
+            if draft_size and img.format == "JPEG" and min(w, h) >= 2 * draft_size:
+                # draft keeps the image at least the requested size; ask for the scale that keeps
+                # the shorter side >= draft_size.
+                scale = min(w, h) / draft_size
+                img.draft("RGB", (int(w / scale), int(h / scale)))
+            ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"too many pixels (decompression-bomb guard): {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not an image Pillow can read") from None
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
+            raise ImageDecodeError(f"truncated image ({msg}); pass allow_truncated to accept it") from None
+        raise ImageDecodeError(f"cannot decode: {msg}") from None
+    except (ValueError, SyntaxError, struct_error(), EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def resize_center_crop(img: Image.Image, spec: BackboneSpec) -> Image.Image:
+    """timm's evaluation geometry: shorter side to ``spec.resize_size``, then a centre crop."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    mode = InterpolationMode(spec.interpolation)
+    if spec.crop_mode == "squash":
+        img = TF.resize(img, [spec.resize_size, spec.resize_size], interpolation=mode)
+    else:
+        img = TF.resize(img, spec.resize_size, interpolation=mode)
+    return TF.center_crop(img, [spec.image_size, spec.image_size])
+
+
+def to_tensor01(img: Image.Image):
+    """RGB PIL image -> float32 tensor [3, H, W] with values in [0, 1]."""
+    import torch
+
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_for_spec(path: str | Path, spec: BackboneSpec, *, fast: bool = True, **open_kwargs):
+    """Decode ``path`` and preprocess it for ``spec``: a [3, H, W] tensor of pixels in [0, 1].
+
+    ``fast`` lets libjpeg decode large JPEGs at reduced scale (only when the image is at least
+    twice the resize target, so the result stays close to a full decode).
+    """
+    draft = spec.resize_size if fast else None
+    img = open_rgb(path, draft_size=draft, **open_kwargs)
+    return to_tensor01(resize_center_crop(img, spec))
