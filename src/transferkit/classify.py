@@ -50,7 +50,7 @@ def classify_images(paths: list[str | Path], model, *, top_k: int = 5, batch_siz
             good.append((i, load_for_spec(p, model.spec)))
         except ImageDecodeError as exc:
             results[i].error = str(exc)
-            log.warning("%s: %s", p, exc)
+            log.info("%s: %s", p, exc)  # the result carries the error; callers report it
     k = max(1, min(top_k, len(names)))
     with torch.inference_mode():
         for start in range(0, len(good), batch_size):

@@ -129,6 +129,63 @@ def _no_weights_message(name: str, reason: str) -> str:
     )
 
 
+def _hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached right now (``None`` when it seems reachable).
+
+    Checked up front because huggingface_hub retries a failed request with back-off for about a
+    minute; a failed DNS lookup answers at once and means the same thing.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFERKIT_OFFLINE", "") not in ("", "0"):
+        return "offline mode is set (HF_HUB_OFFLINE / TRANSFERKIT_OFFLINE)"
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover - depends on the installed huggingface_hub
+        host = "huggingface.co"
+    outcome: list[str | None] = []
+
+    def _lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"cannot resolve {host} ({exc.strerror or exc}), so there is no internet connection")
+
+    t = threading.Thread(target=_lookup, daemon=True)
+    t.start()
+    t.join(5.0)
+    return outcome[0] if outcome else f"no answer looking up {host} within 5 s"
+
+
+def _create_from_hub(name: str, arch: str):
+    """timm model with hub weights: from the local cache when there, else downloaded."""
+    import timm
+
+    from transferkit.backbones.weights import sha256_file
+
+    cached = hub_cached_file(arch)
+    hub_id = _hub_id(arch) or arch
+    if cached is not None:
+        # Load the cached file directly: no network round trip, works offline.
+        net = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
+        return net, hub_id, sha256_file(cached)
+    reason = _hub_offline_reason()
+    if reason is not None:
+        raise WeightsError(_no_weights_message(name, f"not in the local hub cache and {reason}"))
+    try:
+        net = timm.create_model(arch, pretrained=True)
+    except Exception as exc:  # timm/huggingface_hub raise many kinds; all mean "not available"
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise WeightsError(_no_weights_message(name, f"download from the hub failed ({type(exc).__name__}: {first})")) from None
+    cached = hub_cached_file(arch)
+    return net, hub_id, sha256_file(cached) if cached else ""
+
+
 def _spec_from_cfg(name: str, arch: str, net, cfg: dict[str, Any], image_size: int | None, **weights) -> BackboneSpec:
     input_size = tuple(int(v) for v in cfg["input_size"])
     crop_pct = float(cfg.get("crop_pct", 0.875))
@@ -204,20 +261,12 @@ def create_backbone(
     elif weights_str in ("auto", "hub"):
         source = "hub"
     if pkg is not None and source == "hub":
-        arch = name if name.startswith("tf_") else name  # timm's own efficientnet_lite weights on the hub
+        arch = name  # the hub has timm's own weights under the name asked for
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if source == "hub":
-            cached = hub_cached_file(arch)
-            try:
-                net = timm.create_model(arch, pretrained=True)
-            except Exception as exc:  # timm raises many kinds when offline; all mean "not available"
-                reason = f"download from the hub failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
-                raise WeightsError(_no_weights_message(name, reason)) from None
-            location = _hub_id(arch) or arch
-            cached = cached or hub_cached_file(arch)
-            sha = sha256_file(cached) if cached else ""
+            net, location, sha = _create_from_hub(name, arch)
         else:
             net = timm.create_model(arch, pretrained=False)
             if state_dict is not None:

@@ -10,7 +10,8 @@ from transferkit.cli import output
 
 
 def classify(
-    images: list[Path] = typer.Argument(..., help="image files (any format Pillow reads)"),
+    images: list[Path] = typer.Argument(None, help="image files (any format Pillow reads)"),
+    samples: bool = typer.Option(False, "--samples", help="also classify the sample photos that installed packages ship"),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name; see `transferkit backbones`"),
     weights: str = typer.Option("auto", "--weights", help="auto, a .safetensors/.pth file, package, hub, or none"),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=1000, help="labels to show per image"),
@@ -20,18 +21,29 @@ def classify(
     from transferkit.backbones import create_backbone
     from transferkit.classify import classify_images
 
+    from transferkit.samples import sample_photos
+
     output.check_format(fmt, ("table", "json"))
+    paths = list(images or [])
+    if samples:
+        paths += list(sample_photos().values())
+    if not paths:
+        raise output.fail("no images given: pass image files, or --samples for the photos that installed packages ship")
     model = create_backbone(backbone, weights=weights)
     spec = model.spec
-    results = classify_images(list(images), model, top_k=top_k)
+    results = classify_images(paths, model, top_k=top_k)
     if fmt == "json":
         output.print_json({"backbone": spec.to_dict(), "results": [r.to_dict() for r in results]})
     else:
         output.info(f"backbone {spec.name} ({spec.timm_name}), weights: {spec.weights_source} {spec.weights_location}")
+        rows = []
         for r in results:
             if not r.ok:
                 output.error_line(f"{r.path}: {r.error}")
                 continue
-            output.print_table(r.path, ("rank", "class", "probability"), [(n + 1, lbl, f"{p:.4f}") for n, (_, lbl, p) in enumerate(r.top)])
+            for n, (_, label, p) in enumerate(r.top):
+                rows.append((Path(r.path).name if n == 0 else "", n + 1, label, f"{p:.4f}"))
+        if rows:
+            output.print_table(None, ("image", "rank", "class", "probability"), rows)
     if not any(r.ok for r in results):
         raise typer.Exit(1)

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from transferkit.errors import TransferkitError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # In non-standalone mode click returns the code of a typer.Exit instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except TransferkitError as exc:
         if output.debug_enabled():
             raise
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         output.error_line(f"{type(exc).__name__}: {exc} (set TRANSFERKIT_DEBUG=1 for the traceback)")
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
