@@ -6,14 +6,18 @@ report the file and carry on.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from transferkit.backbones.spec import BackboneSpec
 from transferkit.errors import TransferkitError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 179 MP)
 
@@ -85,34 +89,79 @@ def open_rgb(
         size = path.stat().st_size
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise ImageDecodeError("is a directory, not a file")
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
+    img, _info = decode_rgb(path, max_pixels=max_pixels, allow_truncated=allow_truncated, draft_size=draft_size)
+    return img
+
+
+def decode_rgb(
+    source: str | Path | BinaryIO,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_truncated: bool = False,
+    draft_size: int | None = None,
+    draft_scale: int | None = None,
+) -> tuple[Image.Image, dict]:
+    """Decode ``source`` (a path or a binary file object) to RGB; also return what was found.
+
+    ``draft_scale`` (2, 4 or 8) asks libjpeg for that reduction whatever the target size: the verify
+    pass uses it because a scaled decode still reads every byte (so truncation is still caught)
+    at a fraction of the cost.
+
+    Returns:
+        (RGB image, info) where info holds ``width``/``height`` (full size, before any draft and
+        after EXIF rotation), ``mode`` and ``format`` of the file and ``frames``.
+
+    Raises:
+        ImageDecodeError: with the reason.
+    """
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_pixels check below is the guard; Pillow's global warning would otherwise
+            # reject (or merely warn about) images the caller explicitly allowed.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data" on good photos
+            if max_pixels is None or max_pixels > 2 * (previous_limit or 0):
+                Image.MAX_IMAGE_PIXELS = None
             try:
-                img = Image.open(path)
-            except Image.DecompressionBombWarning as exc:
-                raise ImageDecodeError(f"too many pixels (decompression-bomb guard): {exc}") from None
-        with img:
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"too many pixels: {w}x{h} = {w * h} > max_pixels {max_pixels} "
-                    "(raise max_pixels if the file is trusted)"
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # first frame of an animation
-            if draft_size and img.format == "JPEG" and min(w, h) >= 2 * draft_size:
-                # draft keeps the image at least the requested size; ask for the scale that keeps
-                # the shorter side >= draft_size.
-                scale = min(w, h) / draft_size
-                img.draft("RGB", (int(w / scale), int(h / scale)))
-            ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+                img = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous_limit
+            with img:
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageDecodeError(
+                        f"too many pixels: {w}x{h} = {w * h} > max_pixels {max_pixels} "
+                        "(decompression-bomb guard; raise max_pixels if the file is trusted)"
+                    )
+                info = {"mode": img.mode, "format": img.format or "", "frames": int(getattr(img, "n_frames", 1) or 1)}
+                if info["frames"] > 1:
+                    img.seek(0)  # first frame of an animation
+                if img.format == "JPEG":
+                    if draft_scale and draft_scale > 1:
+                        img.draft("RGB", (max(1, w // draft_scale), max(1, h // draft_scale)))
+                    elif draft_size and min(w, h) >= 2 * draft_size:
+                        # draft keeps the image at least the requested size; ask for the scale that
+                        # keeps the shorter side >= draft_size.
+                        scale = min(w, h) / draft_size
+                        img.draft("RGB", (int(w / scale), int(h / scale)))
+                ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+                img.load()
+                orientation = _exif_orientation(img)
+                if orientation in (5, 6, 7, 8):
+                    w, h = h, w
+                info["width"], info["height"] = w, h
+                try:
+                    rotated = ImageOps.exif_transpose(img)
+                    img = rotated if rotated is not None else img
+                except Exception:  # a broken EXIF block must not cost a good photo
+                    logger.debug("ignoring unreadable EXIF orientation")
+                return _to_rgb(img), info
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -124,10 +173,17 @@ def open_rgb(
         if "truncated" in msg.lower() or "broken data stream" in msg.lower():
             raise ImageDecodeError(f"truncated image ({msg}); pass allow_truncated to accept it") from None
         raise ImageDecodeError(f"cannot decode: {msg}") from None
-    except (ValueError, SyntaxError, struct_error(), EOFError) as exc:
-        raise ImageDecodeError(f"cannot decode: {exc}") from None
+    except (ValueError, SyntaxError, struct_error(), EOFError, MemoryError) as exc:
+        raise ImageDecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
 
 
 def struct_error() -> type[Exception]:

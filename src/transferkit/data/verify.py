@@ -1,0 +1,235 @@
+"""The verify pass: decode every file once, in parallel, and remember the answer on disk.
+
+Each file gets a :class:`FileCheck`: whether it decodes to RGB, the reason when it does not, its
+size, mode, format and a content hash (for duplicates). Results are cached per file under
+``$TRANSFERKIT_CACHE_DIR/verify`` (default ``~/.cache/transferkit/verify``), keyed on the absolute
+path, size, mtime_ns and inode plus the decoding options, so looking at the same folder again
+costs one ``stat`` per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from transferkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_rgb
+
+logger = logging.getLogger(__name__)
+
+VERIFY_FORMAT_VERSION = 1
+# Below this many files to check, starting worker processes costs more than it saves.
+INLINE_THRESHOLD = 48
+_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Decoding options that change a file's verdict (so they are part of the cache key)."""
+
+    allow_truncated: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def key(self) -> str:
+        return json.dumps({"v": VERIFY_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+
+
+@dataclass
+class FileCheck:
+    """The verdict on one file."""
+
+    ok: bool
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    frames: int = 1
+    sha: str = ""  # blake2b-128 of the file bytes; "" when the file could not be read
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE_DIR`` or ``~/.cache/transferkit``."""
+    env = os.environ.get("TRANSFERKIT_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def check_file(path: str | Path, options: VerifyOptions = VerifyOptions()) -> FileCheck:
+    """Read, hash and decode one file; never raises (every failure becomes a reason)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return FileCheck(False, "is a directory, not a file")
+        data = path.read_bytes()
+    except OSError as exc:
+        return FileCheck(False, f"cannot read file: {exc.strerror or exc}")
+    if not data:
+        return FileCheck(False, "empty file (0 bytes)", sha=content_hash(data))
+    sha = content_hash(data)
+    try:
+        # A 1/8-scale JPEG decode still consumes every byte of the entropy-coded data, so a
+        # truncated file still fails, at a fraction of the cost of a full decode.
+        img, info = decode_rgb(
+            io.BytesIO(data),
+            max_pixels=options.max_pixels,
+            allow_truncated=options.allow_truncated,
+            draft_scale=8,
+        )
+        img.close()
+    except ImageDecodeError as exc:
+        return FileCheck(False, str(exc), sha=sha)
+    except Exception as exc:  # anything Pillow throws must become a reason, not a crash
+        return FileCheck(False, f"cannot decode: {type(exc).__name__}: {exc}", sha=sha)
+    return FileCheck(
+        True,
+        "",
+        width=int(info["width"]),
+        height=int(info["height"]),
+        mode=str(info["mode"]),
+        format=str(info["format"]),
+        frames=int(info["frames"]),
+        sha=sha,
+    )
+
+
+def _check_chunk(paths: list[str], options: VerifyOptions) -> list[dict[str, Any]]:
+    return [check_file(p, options).to_json() for p in paths]
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class VerifyCache:
+    """Per-file verdicts for one folder and one set of options, in one JSON file."""
+
+    def __init__(self, root: Path, options: VerifyOptions, cache_dir: Path | None = None):
+        cache_dir = (cache_dir or default_cache_dir()) / "verify"
+        key = hashlib.blake2b(f"{Path(root).resolve()}\0{options.key()}".encode(), digest_size=12).hexdigest()
+        self.file = cache_dir / f"{key}.json"
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.dirty = False
+        try:
+            data = json.loads(self.file.read_text())
+            if data.get("version") == VERIFY_FORMAT_VERSION and data.get("options") == options.key():
+                self.entries = data.get("entries", {})
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable verify cache %s: %s", self.file, exc)
+        self.options = options
+
+    def get(self, path: Path, stat_key: list[int] | None) -> FileCheck | None:
+        entry = self.entries.get(str(path))
+        if entry is None or stat_key is None or entry.get("stat") != stat_key:
+            return None
+        return FileCheck(**entry["check"])
+
+    def put(self, path: Path, stat_key: list[int] | None, check: FileCheck) -> None:
+        if stat_key is None:
+            return  # unreadable: nothing stable to key on, check again next time
+        self.entries[str(path)] = {"stat": stat_key, "check": check.to_json()}
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write atomically (temp file + os.replace) so a crash never leaves half a cache."""
+        if not self.dirty:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"version": VERIFY_FORMAT_VERSION, "options": self.options.key(), "entries": self.entries}
+            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(payload, fh, separators=(",", ":"))
+                os.replace(tmp, self.file)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            self.dirty = False
+        except OSError as exc:  # a read-only cache dir must not stop the load
+            logger.warning("could not write verify cache %s: %s", self.file, exc)
+
+
+def _pool_context():
+    # forkserver/spawn never fork a parent that may hold torch/OpenMP threads; the worker only
+    # needs Pillow, so its start-up stays cheap.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn")
+
+
+def verify_files(
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    options: VerifyOptions = VerifyOptions(),
+    workers: int | None = None,
+    cache: bool = True,
+    cache_dir: Path | None = None,
+) -> tuple[list[FileCheck], dict[str, Any]]:
+    """Check every path; returns the checks (same order) and stats (cache hits, seconds, workers).
+
+    Args:
+        paths: files to check.
+        root: the dataset folder (names the cache file).
+        options: decoding options.
+        workers: processes to use; ``None`` = all cores, 1 or 0 = inline.
+        cache: reuse and store verdicts on disk.
+        cache_dir: overrides ``$TRANSFERKIT_CACHE_DIR``.
+    """
+    start = time.perf_counter()
+    paths = [Path(p).absolute() for p in paths]
+    store = VerifyCache(root, options, cache_dir) if cache else None
+    results: list[FileCheck | None] = [None] * len(paths)
+    stat_keys = [_stat_key(p) for p in paths]
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        hit = store.get(p, stat_keys[i]) if store is not None else None
+        if hit is not None:
+            results[i] = hit
+        else:
+            todo.append(i)
+    hits = len(paths) - len(todo)
+    n_workers = min(workers if workers is not None else (os.cpu_count() or 1), max(1, len(todo) // _CHUNK))
+    if todo and (n_workers <= 1 or len(todo) < INLINE_THRESHOLD):
+        n_workers = 1
+        for i in todo:
+            results[i] = check_file(paths[i], options)
+    elif todo:
+        chunks = [todo[k : k + _CHUNK] for k in range(0, len(todo), _CHUNK)]
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            futures = [pool.submit(_check_chunk, [str(paths[i]) for i in chunk], options) for chunk in chunks]
+            for chunk, fut in zip(chunks, futures):
+                for i, check in zip(chunk, fut.result()):
+                    results[i] = FileCheck(**check)
+    if store is not None:
+        for i in todo:
+            store.put(paths[i], stat_keys[i], results[i])  # type: ignore[arg-type]
+        store.save()
+    seconds = time.perf_counter() - start
+    logger.info(
+        "verified %d files in %.2fs (%d from cache, %d decoded with %d worker(s))",
+        len(paths), seconds, hits, len(todo), n_workers,
+    )
+    return [r for r in results if r is not None], {"cache_hits": hits, "seconds": seconds, "workers": n_workers}
