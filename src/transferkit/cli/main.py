@@ -47,6 +47,9 @@ def _register() -> None:
     app.command("backbones")(backbones)
     app.command("classify")(classify)
     # Command groups added by later stages register themselves here, one line each.
+    from transferkit.cli.datasets import datasets_app
+
+    app.add_typer(datasets_app, name="datasets")
     from transferkit.cli.data import data_app
 
     app.add_typer(data_app, name="data")
