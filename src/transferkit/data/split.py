@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import logging
 from collections import defaultdict
 
@@ -55,8 +56,9 @@ def _allocate(units: list[int], fractions: tuple[float, float]) -> tuple[int, in
     """How many of ``units`` go to val and test (rounded; train keeps at least one)."""
     n = len(units)
     val_f, test_f = fractions
-    n_test = int(round(test_f * n))
-    n_val = int(round(val_f * n))
+    # Half rounds up (2.5 -> 3), not Python's round-half-to-even, so counts are easy to predict.
+    n_test = math.floor(test_f * n + 0.5)
+    n_val = math.floor(val_f * n + 0.5)
     # A class of three or more keeps at least one example in each requested split.
     if n >= 3:
         n_test = max(n_test, 1 if test_f > 0 else 0)

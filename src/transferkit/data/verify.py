@@ -113,6 +113,14 @@ def _check_chunk(paths: list[str], options: VerifyOptions) -> list[dict[str, Any
     return [check_file(p, options).to_json() for p in paths]
 
 
+def _unreadable(path: Path, options: VerifyOptions) -> FileCheck:
+    try:
+        path.stat()
+    except OSError as exc:
+        return FileCheck(False, f"cannot read file: {exc.strerror or exc}")
+    return check_file(path, options)  # it appeared in the meantime
+
+
 def _stat_key(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -206,11 +214,13 @@ def verify_files(
     todo: list[int] = []
     for i, p in enumerate(paths):
         hit = store.get(p, stat_keys[i]) if store is not None else None
-        if hit is not None:
+        if stat_keys[i] is None:  # vanished or a dangling link: nothing to decode
+            results[i] = _unreadable(p, options)
+        elif hit is not None:
             results[i] = hit
         else:
             todo.append(i)
-    hits = len(paths) - len(todo)
+    hits = sum(1 for i, k in enumerate(stat_keys) if k is not None) - len(todo)
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), max(1, len(todo) // _CHUNK))
     if todo and (n_workers <= 1 or len(todo) < INLINE_THRESHOLD):
         n_workers = 1
