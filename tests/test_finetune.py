@@ -1,0 +1,290 @@
+"""Fine-tuning: staged freezing, param groups, schedules, resume equivalence, lr-find, TTA, CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.data.imageset import ImageSet
+from transferkit.finetune import FinetuneConfig, FinetuneError, choose_mode, finetune, lr_find, plot_lr_find, tta_predict_proba
+from transferkit.finetune.layers import layer_groups, param_groups
+
+
+def _imageset(folder: Path, val_every: int = 0) -> ImageSet:
+    paths = sorted(folder.glob("*/*.jpg"))
+    names = sorted({p.parent.name for p in paths})
+    labels = np.array([names.index(p.parent.name) for p in paths])
+    split = None
+    if val_every:
+        split = ["val" if i % val_every == 0 else "train" for i in range(len(paths))]
+    return ImageSet(paths, labels, names, split=split)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+def test_stage1_leaves_backbone_and_batchnorm_stats_untouched(tiny_image_folder, tiny_backbone):
+    before = _state(tiny_backbone.net)
+    # freeze_bn_stats=False: stage 1 must still keep the frozen backbone's BatchNorm in eval mode.
+    cfg = FinetuneConfig(epochs=2, head_epochs=2, batch_size=4, augment="standard", freeze_bn_stats=False, head_init="random", lr=1e-2)
+    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    after = model.backbone.net.state_dict()
+    assert set(after) == set(before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [], f"stage 1 changed frozen backbone tensors: {changed[:5]}"
+    assert any("running_mean" in k for k in before)  # the check covered BatchNorm statistics
+    assert [r["stage"] for r in history] == [1, 1]
+    assert not torch.allclose(model.head.weight, torch.zeros_like(model.head.weight))
+    assert _state(tiny_backbone.net).keys() == before.keys()  # the caller's backbone is a copy
+
+
+def test_stage2_trains_only_the_top_groups(tiny_image_folder, tiny_backbone):
+    groups = [g.name for g in layer_groups(tiny_backbone.net)]
+    before = _state(tiny_backbone.net)
+    cfg = FinetuneConfig(epochs=2, head_epochs=1, unfreeze=2, batch_size=6, augment="light", lr=1e-2, freeze_bn_stats=True)
+    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    after = model.backbone.net.state_dict()
+    top = groups[-2:]  # blocks.4 and head_conv for test_efficientnet
+    assert top == ["blocks.4", "head_conv"]
+    top_prefixes = ("blocks.4.", "conv_head.", "bn2.")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "stage 2 trained nothing"
+    assert all(k.startswith(top_prefixes) for k in changed), sorted(changed)
+    assert not any("running" in k for k in changed)  # frozen BatchNorm statistics
+    assert [r["stage"] for r in history] == [1, 2]
+
+
+def test_cached_strategy_trains_top_blocks_on_cached_activations(tiny_image_folder, tiny_backbone):
+    cfg = FinetuneConfig(strategy="cached", unfreeze=2, cached_views=3, epochs=3, head_epochs=1, batch_size=4, lr=5e-3)
+    ims = _imageset(tiny_image_folder, val_every=3)
+    model, history = finetune(ims, cfg, backbone=tiny_backbone)
+    assert len(history) == 3 and all("val_acc" in r for r in history)
+    assert model.fit_info["strategy"] == "cached"
+    # The returned model runs on pixels and agrees with the val accuracy the loop measured
+    # (the cached path is the same computation as the full model).
+    from transferkit.finetune.loop import _load_eval_pixels
+
+    val = ims.where_split("val")
+    with torch.no_grad():
+        logits = model(_load_eval_pixels(val, model.spec).float() / 255)
+    acc = float((logits.argmax(1).numpy() == val.labels).mean())
+    best = max(r["val_acc"] for r in history)
+    assert acc == pytest.approx(best, abs=1e-6)
+
+
+# ----------------------------------------------------------------------- optimiser pieces
+
+
+def test_param_groups_layer_decay_and_no_weight_decay_on_norms_and_biases(tiny_backbone):
+    head = torch.nn.Linear(tiny_backbone.num_features, 3)
+    groups = layer_groups(tiny_backbone.net)
+    pg = param_groups(groups, head, lr=1.0, layer_decay=0.5, weight_decay=0.1)
+    by_name = {g["name"]: g for g in pg}
+    assert by_name["head.decay"]["lr"] == 1.0 and by_name["head.no_decay"]["weight_decay"] == 0.0
+    assert by_name["head_conv.decay"]["lr"] == 0.5
+    assert by_name["stem.decay"]["lr"] == pytest.approx(0.5 ** len(groups))
+    for g in pg:
+        for p in g["params"]:
+            assert (g["weight_decay"] == 0.0) == (p.ndim <= 1)
+    n_params = sum(p.numel() for g in pg for p in g["params"])
+    classifier = sum(p.numel() for p in tiny_backbone.net.classifier.parameters())
+    assert n_params == sum(p.numel() for p in tiny_backbone.net.parameters()) - classifier + sum(p.numel() for p in head.parameters())
+
+
+def test_lr_schedule_warmup_then_cosine_restarts_per_stage():
+    from transferkit.finetune.loop import _lr_lambda
+
+    f = _lr_lambda(FinetuneConfig(epochs=3, head_epochs=1, warmup_frac=0.2), steps_per_epoch=10)
+    stage1 = [f(i) for i in range(10)]
+    stage2 = [f(i) for i in range(10, 30)]
+    assert stage1[0] < stage1[1] < stage1[2] == pytest.approx(1.0)  # warmup (2 steps) then peak
+    assert stage1[-1] < 0.1 and stage2[0] < stage2[3]  # decayed, then warm again in stage 2
+    assert all(a >= b for a, b in zip(stage2[4:], stage2[5:]))
+    g = _lr_lambda(FinetuneConfig(epochs=1, head_epochs=0, schedule="onecycle"), steps_per_epoch=100)
+    peak = max(range(100), key=g)
+    assert 20 <= peak <= 40 and g(0) < 0.1 and g(99) < 0.01
+
+
+def test_mixup_and_cutmix_keep_targets_normalised():
+    from transferkit.finetune.transforms import mix_batch
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16)
+    t = torch.nn.functional.one_hot(torch.arange(8) % 3, 3).float()
+    for kw in ({"mixup": 0.4, "cutmix": 0.0}, {"mixup": 0.0, "cutmix": 1.0}):
+        xm, tm = mix_batch(x, t, **kw)
+        assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(8))
+        assert not torch.equal(xm, x) and xm.min() >= 0 and xm.max() <= 1
+
+
+def test_weighted_sampler_balances_classes():
+    from transferkit.finetune.data import EpochSampler, balanced_weights
+
+    labels = np.array([0] * 90 + [1] * 10)
+    w, cw = balanced_weights(labels, 2)
+    assert cw[1] == pytest.approx(9 * cw[0])
+    s = EpochSampler(100, seed=0, weights=w)
+    drawn = [labels[i] for e in range(5) for i in (s.set_epoch(e) or s)]
+    assert 0.4 < np.mean(drawn) < 0.6  # minority drawn about half the time, not 10%
+
+
+def test_sampler_resumes_at_batch_and_shards_like_distributed_sampler():
+    from transferkit.finetune.data import EpochSampler
+
+    full = EpochSampler(10, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    full.set_epoch(2, skip=4)
+    assert list(full) == order[4:]
+    r0, r1 = EpochSampler(10, seed=3, rank=0, world_size=2), EpochSampler(10, seed=3, rank=1, world_size=2)
+    r0.set_epoch(2), r1.set_epoch(2)
+    assert sorted(list(r0)[:2] + list(r1)[:2]) == sorted(order[:4])
+
+
+def test_config_errors_name_the_allowed_values():
+    with pytest.raises(FinetuneError, match="standard"):
+        FinetuneConfig(augment="heavy").validate()
+    with pytest.raises(FinetuneError, match="number"):
+        FinetuneConfig(strategy="cached", unfreeze="all").validate()
+    with pytest.raises(FinetuneError, match="checkpoint"):
+        FinetuneConfig(resume=True).validate()
+
+
+def test_auto_mode_rule():
+    assert choose_mode({"a": 5, "b": 100}, device="cpu")[0] == "probe"
+    assert choose_mode({"a": 500, "b": 500}, device="cpu")[0] == "finetune"
+    assert choose_mode({"a": 50_000, "b": 50_000}, device="cpu")[0] == "probe"
+    assert choose_mode({"a": 50_000, "b": 50_000}, device="cuda")[0] == "finetune"
+
+
+# --------------------------------------------------------------------------------- resume
+
+
+def _resume_config(ckpt: Path, **kw) -> FinetuneConfig:
+    base = dict(epochs=3, head_epochs=1, unfreeze="all", batch_size=4, augment="standard", mixup=0.2,
+                checkpoint_dir=str(ckpt), checkpoint_every=2, seed=7, lr=5e-3, patience=None)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_crash_ends_where_an_uninterrupted_run_ends(tiny_image_folder, tiny_backbone, tmp_path):
+    ims = _imageset(tiny_image_folder, val_every=4)  # 13 train images -> 4 steps per epoch
+    reference, ref_hist = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+
+    def crash(info):
+        if info.global_step == 7:  # mid-epoch 2, one step after the step-6 checkpoint
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        finetune(ims, _resume_config(tmp_path / "run"), backbone=tiny_backbone, on_step=crash)
+    resumed, hist = finetune(ims, _resume_config(tmp_path / "run", resume=True), backbone=tiny_backbone)
+    ref_state, res_state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+    assert [r["train_loss"] for r in hist] == [r["train_loss"] for r in ref_hist]
+    # A checkpoint from another run is refused with a clear message.
+    with pytest.raises(FinetuneError, match="different run"):
+        finetune(ims, _resume_config(tmp_path / "run", resume=True, lr=1e-3), backbone=tiny_backbone)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+import numpy as np
+from pathlib import Path
+from transferkit.backbones import create_backbone
+from transferkit.data.imageset import ImageSet
+from transferkit.finetune import FinetuneConfig, finetune
+
+folder, ckpt = Path(sys.argv[1]), sys.argv[2]
+paths = sorted(folder.glob("*/*.jpg"))
+names = sorted({p.parent.name for p in paths})
+ims = ImageSet(paths, np.array([names.index(p.parent.name) for p in paths]), names)
+cfg = FinetuneConfig(epochs=2, head_epochs=1, batch_size=4, augment="strong", checkpoint_dir=ckpt,
+                     checkpoint_every=3, seed=1, lr=5e-3, patience=None)
+
+def kill(info):
+    if info.global_step == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+finetune(ims, cfg, backbone=create_backbone("test_efficientnet", weights="none", image_size=32), on_step=kill)
+"""
+
+
+def test_resume_after_kill_9_in_a_subprocess(tiny_image_folder, tiny_backbone, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_KILL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tiny_image_folder), str(tmp_path / "ck")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (tmp_path / "ck" / "last.pt").is_file()
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")]  # no half-written files
+    ims = _imageset(tiny_image_folder)
+    kw = dict(epochs=2, head_epochs=1, batch_size=4, augment="strong", checkpoint_every=3, seed=1, lr=5e-3, patience=None)
+    resumed, _ = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path / "ck"), resume=True, **kw), backbone=tiny_backbone)
+    reference, _ = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+    ref_state, res_state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+
+
+# ------------------------------------------------------------------- lr-find, TTA, bundle, CLI
+
+
+def test_lr_find_sweeps_and_plots(tiny_image_folder, tiny_backbone, tmp_path):
+    res = lr_find(_imageset(tiny_image_folder), FinetuneConfig(batch_size=6, augment="none"), backbone=tiny_backbone,
+                  start_lr=1e-5, end_lr=10.0, steps=12)
+    assert 3 <= len(res.lrs) <= 12 and all(a < b for a, b in zip(res.lrs, res.lrs[1:]))
+    assert res.lrs[0] <= res.suggestion <= res.min_loss_lr
+    out = plot_lr_find(res, tmp_path / "lr.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tta_flip_is_invariant_for_a_symmetric_input_and_averages_views():
+    class Asym(torch.nn.Module):
+        def forward(self, x):  # logit depends on the left half only
+            left = x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3))
+            return torch.stack([left, -left], 1) * 10
+
+    x = torch.rand(2, 3, 8, 8)
+    p_none = tta_predict_proba(Asym(), x, "none")
+    p_flip = tta_predict_proba(Asym(), x, "flip")
+    p_mirror = tta_predict_proba(Asym(), torch.flip(x, dims=[-1]), "flip")
+    assert torch.allclose(p_flip, p_mirror, atol=1e-6) and not torch.allclose(p_none, p_flip)
+    assert torch.allclose(p_flip.sum(1), torch.ones(2))
+    assert tta_predict_proba(Asym(), x, "flip-zoom").shape == (2, 2)
+
+
+def test_finetuned_model_round_trips_through_a_bundle(tiny_image_folder, tiny_backbone, tmp_path):
+    from transferkit.bundle import load_bundle, save_bundle
+
+    cfg = FinetuneConfig(epochs=1, head_epochs=0, batch_size=6, augment="light")
+    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    save_bundle(tmp_path / "b", model, metrics={"history": history}, config=cfg, include_backbone=True)
+    loaded = load_bundle(tmp_path / "b")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_cli_lr_find(tiny_image_folder, tmp_path):
+    from transferkit.cli.main import main
+
+    out = tmp_path / "lr.png"
+    code = main(["lr-find", str(tiny_image_folder), "--backbone", "test_efficientnet", "--weights", "none",
+                 "--image-size", "32", "--steps", "8", "--batch-size", "6", "--plot", str(out), "--format", "json"])
+    assert code == 0 and out.is_file()
+    assert main(["lr-find", str(tmp_path / "missing"), "--backbone", "test_efficientnet", "--weights", "none"]) == 1
