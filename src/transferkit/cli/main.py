@@ -53,6 +53,9 @@ def _register() -> None:
     from transferkit.cli.data import data_app
 
     app.add_typer(data_app, name="data")
+    from transferkit.cli.finetune import lr_find_command
+
+    app.command("lr-find")(lr_find_command)
 
 
 _register()
