@@ -47,6 +47,10 @@ def _register() -> None:
     app.command("backbones")(backbones)
     app.command("classify")(classify)
     # Command groups added by later stages register themselves here, one line each.
+    from transferkit.cli.attack import attack_command, robustness_command
+
+    app.command("attack")(attack_command)
+    app.command("robustness")(robustness_command)
     from transferkit.cli.datasets import datasets_app
 
     app.add_typer(datasets_app, name="datasets")
