@@ -60,6 +60,15 @@ def _register() -> None:
     from transferkit.cli.finetune import lr_find_command
 
     app.command("lr-find")(lr_find_command)
+    from transferkit.cli.cache import cache_app
+    from transferkit.cli.evaluate import evaluate
+    from transferkit.cli.predict import predict
+    from transferkit.cli.train import train
+
+    app.command("train")(train)
+    app.command("predict")(predict)
+    app.command("evaluate")(evaluate)
+    app.add_typer(cache_app, name="cache")
 
 
 _register()

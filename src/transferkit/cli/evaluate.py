@@ -1,0 +1,59 @@
+"""`transferkit evaluate`: metrics, plots and an HTML report for a model bundle on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli import output
+
+
+def evaluate(
+    model: Path = typer.Argument(..., help="model bundle directory (from `transferkit train`)"),
+    data: Path = typer.Argument(..., help="dataset folder or CSV with the same class names"),
+    out: Path = typer.Option(None, "--out", "-o", help="report folder (default: <model>/evaluation)"),
+    split: str = typer.Option("all", "--split", help="all, or train/val/test: re-create the split recorded in the bundle and use that part"),
+    engine: str = typer.Option("auto", "--engine", help="auto, torch or onnxruntime"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    data_format: str = typer.Option("auto", "--data-format", help="dataset layout (auto detects it)"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Evaluate a bundle: accuracy, top-k, per-class P/R/F1, confusion matrix, calibration, worst mistakes."""
+    from transferkit.bundle import load_bundle, read_bundle_meta
+    from transferkit.cli.train import extraction_progress
+    from transferkit.data import load_images, split_imageset
+    from transferkit.errors import DataError
+    from transferkit.evaluate import evaluate_model
+    from transferkit.report import write_report
+
+    output.check_format(fmt, ("table", "json"))
+    output.check_format(split, ("all", "train", "val", "test"))
+    output.check_format(engine, ("auto", "torch", "onnxruntime"))
+    meta = read_bundle_meta(model)
+    clf = load_bundle(model)
+    images = load_images(data, format=data_format)
+    if split != "all":
+        cfg = meta.get("config") or {}
+        images = split_imageset(images, val=float(cfg.get("val", 0.15)), test=float(cfg.get("test", 0.15)), seed=int(cfg.get("seed", 0)))
+        images = images.where_split(split)
+        if len(images) == 0:
+            raise DataError(f"the {split} split of {data} is empty with the bundle's recorded fractions")
+    with extraction_progress("evaluating") as progress:
+        ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress)
+    out_dir = out if out is not None else Path(model) / "evaluation"
+    report = write_report(ev, out_dir, title=f"{Path(model).name} on {Path(data).name} ({split})",
+                          details={"model": str(model), "data": str(data), "split": split, "bundle_metrics": meta.get("metrics", {}).get("accuracy")})
+    m = ev.metrics
+    if fmt == "json":
+        output.print_json({"report": str(report), "metrics": m})
+        return
+    rows = [("images", m["n"]), ("accuracy", f"{m['accuracy']:.4f}")]
+    rows += [(f"{k} accuracy", f"{v:.4f}") for k, v in m["top_k"].items() if k != "top1"]
+    rows += [("macro F1", f"{m['macro_f1']:.4f}"), ("calibration error (ECE)", f"{m['ece']:.4f}"), ("errors", m["errors"])]
+    output.print_table(f"{Path(model).name} on {Path(data).name}", ("", ""), rows)
+    per = [(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]) for c, v in m["per_class"].items()]
+    output.print_table("per class", ("class", "precision", "recall", "F1", "support"), per)
+    if m.get("failed_images"):
+        output.warn(f"{len(m['failed_images'])} images could not be read (listed in metrics.json)")
+    output.info(f"report: {report} (metrics.json, confusion_matrix.png, calibration.png alongside)")

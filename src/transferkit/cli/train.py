@@ -1,0 +1,98 @@
+"""`transferkit train`: frozen backbone features + a head -> model bundle + report."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import typer
+
+from transferkit.cli import output
+
+
+@contextlib.contextmanager
+def extraction_progress(description: str = "extracting features") -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar (images/s and ETA) on stderr, as a ``progress(done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "-- img/s")
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=output.err_console, transient=False)
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "task" not in state:
+            # Images served from the cache are done before the clock starts: keep them out of img/s.
+            state["task"] = bar.add_task(description, total=total, completed=done)
+            bar.start()
+            state["started"] = True
+        else:
+            bar.update(state["task"], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if state.get("started"):
+            bar.stop()
+
+
+def train(
+    data: Path = typer.Argument(..., help="dataset folder or CSV (see `transferkit data inspect`)"),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name; see `transferkit backbones`"),
+    mode: str = typer.Option("probe", "--mode", help="probe (frozen features + head), finetune or auto"),
+    out: Path = typer.Option(Path("model"), "--out", "-o", help="bundle directory to write"),
+    engine: str = typer.Option("auto", "--engine", help="feature engine: auto, torch or onnxruntime"),
+    seed: int = typer.Option(0, "--seed", help="seed for the split and the head"),
+    val: float = typer.Option(0.15, "--val", min=0.0, max=0.95, help="validation fraction"),
+    test: float = typer.Option(0.15, "--test", min=0.0, max=0.95, help="test fraction (ignored if the data has an official split)"),
+    head: str = typer.Option("logistic", "--head", help="logistic or mlp"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
+    weights: str = typer.Option("auto", "--weights", help="auto, a .safetensors/.pth file, package, hub, or none"),
+    class_weight: str = typer.Option("none", "--class-weight", help="none or balanced (for imbalanced classes)"),
+    data_format: str = typer.Option("auto", "--data-format", help="dataset layout: auto, folder, oxford-pets, petimages, kaggle, csv"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the feature cache"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report"),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Train a classifier on DATA with a frozen pretrained backbone; write a bundle and a report."""
+    from transferkit.heads import HEADS
+    from transferkit.train import MODES, TrainConfig
+    from transferkit.train import train as run_train
+
+    output.check_format(fmt, ("table", "json"))
+    output.check_format(mode, MODES)
+    output.check_format(engine, ("auto", "torch", "onnxruntime"))
+    output.check_format(head, tuple(HEADS))
+    output.check_format(class_weight, ("none", "balanced"))
+    config = TrainConfig(
+        data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,
+        val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight,
+        format=data_format, cache=not no_cache, report=not no_report,
+    )
+    with extraction_progress() as progress:
+        result = run_train(config, progress=progress)
+    m = result.metrics
+    if fmt == "json":
+        output.print_json({"bundle": str(result.bundle_path) if result.bundle_path else None,
+                           "report": str(result.report_path) if result.report_path else None, "metrics": m})
+        return
+    rows = [("images (train / val / test)", " / ".join(str(m["images"][s]) for s in ("train", "val", "test")))]
+    if "accuracy" in m:
+        rows += [(f"{m['split']} accuracy", f"{m['accuracy']:.4f}")]
+        rows += [(f"{m['split']} {k} accuracy", f"{v:.4f}") for k, v in m["top_k"].items() if k != "top1"]
+        rows += [(f"{m['split']} macro F1", f"{m['macro_f1']:.4f}"), (f"{m['split']} calibration error (ECE)", f"{m['ece']:.4f}")]
+    head_info = m.get("head", {})
+    rows.append(("head", f"{head_info.get('type')}" + (f" (C={head_info['C']:.4g}, chosen on validation data)" if "C" in head_info else "")))
+    f = m.get("features", {})
+    rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, {f.get('failed', 0)} unreadable"))
+    rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in m.get("timings", {}).items())))
+    output.print_table(f"trained {backbone} ({mode})", ("", ""), rows)
+    if result.bundle_path:
+        output.info(f"model bundle: {result.bundle_path}")
+    if result.report_path:
+        output.info(f"report: {result.report_path}")

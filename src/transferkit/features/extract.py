@@ -1,0 +1,191 @@
+"""Streaming feature extraction: decode in threads, overlapped with the engine, cached on disk.
+
+Memory stays bounded whatever the number of images: only a few batches of decoded pixels are in
+flight, and features are committed to the cache batch by batch (the result matrix itself is
+``N x D`` float32, 5 KB per image for EfficientNet-Lite0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from transferkit.features.cache import CACHE_FORMAT_VERSION, FeatureCache
+from transferkit.features.preprocess import decode_uint8, digest, preprocessing_fields
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each batch (images served from cache count as done)."""
+
+
+@dataclass
+class Features:
+    """Pooled features for a list of images.
+
+    Attributes:
+        X: ``[N, D]`` float32; rows of images that could not be decoded are NaN.
+        ok: ``[N]`` bool, False where the image could not be decoded.
+        errors: path -> reason for each image that could not be decoded.
+        model_key: the cache key of (backbone, weights, preprocessing).
+        stats: counts and timings (cached, computed, seconds, images_per_s, engine).
+    """
+
+    X: np.ndarray
+    ok: np.ndarray
+    errors: dict[str, str] = field(default_factory=dict)
+    model_key: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+def model_cache_key(backbone) -> str:
+    """Cache key of everything that decides a feature vector except the image itself."""
+    from transferkit.features.engines import weights_digest
+
+    return digest(
+        {
+            "cache_format": CACHE_FORMAT_VERSION,
+            "spec": backbone.spec.cache_key_fields(),
+            "weights": weights_digest(backbone),
+            "preprocess": preprocessing_fields(backbone.spec),
+            "output": "pooled-features",
+        }
+    )
+
+
+def _decode(path: Path, spec) -> tuple[np.ndarray | None, str]:
+    from transferkit.data.decode import ImageDecodeError
+
+    try:
+        return decode_uint8(path, spec), ""
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug on one odd file must not end a long run
+        return None, f"cannot decode: {type(exc).__name__}: {exc}"
+
+
+def extract_features(
+    paths: Sequence[str | Path],
+    backbone,
+    *,
+    engine="auto",
+    batch_size: int = 32,
+    cache: FeatureCache | bool | None = True,
+    workers: int = 2,
+    progress: ProgressCallback | None = None,
+    device: str | None = None,
+) -> Features:
+    """Pooled features of ``backbone`` for each image, from the cache where possible.
+
+    Args:
+        paths: image files.
+        backbone: a frozen :class:`~transferkit.backbones.model.PixelModel`.
+        engine: ``"auto"``, ``"torch"``, ``"onnxruntime"``, or an engine object (callable on a
+            ``[N, H, W, 3]`` uint8 array); created only if some image is not cached.
+        batch_size: images per engine call.
+        cache: a :class:`FeatureCache`, ``True`` for the default one, ``False``/``None`` for none.
+        workers: decoding threads (Pillow releases the GIL while decoding and resizing).
+        progress: optional ``progress(done, total)`` callback.
+        device: torch device for the torch engine.
+
+    Returns:
+        :class:`Features`; undecodable images are reported in ``errors``, not raised.
+    """
+    from transferkit.features.engines import create_engine
+
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    n = len(paths)
+    spec = backbone.spec
+    store = FeatureCache() if cache is True else (cache or None)
+    key = model_cache_key(backbone)
+    X = np.full((n, spec.num_features), np.nan, dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    errors: dict[str, str] = {}
+
+    hashes: list[str | None] = [None] * n
+    todo = list(range(n))
+    if store is not None:
+        hashes = store.content_hashes(paths)
+        for i, h in enumerate(hashes):
+            if h is None:
+                errors[str(paths[i])] = "cannot read file"
+        cached = store.get_many(key, [h for h in hashes if h])
+        todo = []
+        for i, h in enumerate(hashes):
+            if h is None:
+                continue
+            vec = cached.get(h)
+            if vec is not None and vec.shape[0] == spec.num_features:
+                X[i] = vec
+                ok[i] = True
+            else:
+                todo.append(i)
+        store.register_model(key, f"{spec.name} ({spec.timm_name}, {spec.weights_source}) {spec.image_size}px")
+    n_cached = int(ok.sum())
+    if progress is not None:
+        progress(n - len(todo), n)
+
+    engine_name = "cache"
+    t_compute = 0.0
+    if todo:
+        run = create_engine(backbone, engine, cache_dir=store.directory if store is not None else None, device=device) if isinstance(engine, str) else engine
+        engine_name = getattr(run, "name", type(run).__name__)
+        t_start = time.perf_counter()
+        # Bounded prefetch: at most `window` decoded images wait for the engine.
+        window = max(batch_size * 2, workers * 4)
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tk-decode") as pool:
+            pending: deque = deque()
+            it = iter(todo)
+
+            def refill() -> None:
+                while len(pending) < window:
+                    i = next(it, None)
+                    if i is None:
+                        return
+                    pending.append((i, pool.submit(_decode, paths[i], spec)))
+
+            refill()
+            while pending:
+                batch_idx: list[int] = []
+                batch_px: list[np.ndarray] = []
+                while pending and len(batch_idx) < batch_size:
+                    i, fut = pending.popleft()
+                    px, err = fut.result()
+                    if px is None:
+                        errors[str(paths[i])] = err
+                        log.warning("%s: %s", paths[i], err)
+                    else:
+                        batch_idx.append(i)
+                        batch_px.append(px)
+                    refill()  # keep the decoders busy while the engine runs
+                if batch_idx:
+                    feats = np.asarray(run(np.stack(batch_px)), dtype=np.float32)
+                    X[batch_idx] = feats
+                    ok[batch_idx] = True
+                    if store is not None:
+                        store.put_many(key, ((hashes[i], X[i]) for i in batch_idx))
+                done = int(ok.sum()) + len(errors)
+                if progress is not None:
+                    progress(done, n)
+        t_compute = time.perf_counter() - t_start
+    seconds = time.perf_counter() - t0
+    computed = int(ok.sum()) - n_cached
+    stats = {
+        "images": n,
+        "cached": n_cached,
+        "computed": computed,
+        "failed": len(errors),
+        "engine": engine_name,
+        "seconds": round(seconds, 4),
+        "images_per_s_computed": round(computed / t_compute, 2) if t_compute > 0 else None,
+    }
+    log.info("features: %s", stats)
+    return Features(X=X, ok=ok, errors=errors, model_key=key, stats=stats)

@@ -1,0 +1,231 @@
+"""Training entry points: ``train(config)`` dispatches on ``config.mode``.
+
+``"probe"`` (here): frozen pretrained backbone -> cached pooled features -> a head fitted on them
+(logistic regression with C chosen on validation data, or a small MLP) -> evaluation on the
+held-out split -> model bundle + report. ``"finetune"`` and ``"auto"`` live in
+:mod:`transferkit.finetune`, imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from transferkit.errors import DataError, TransferkitError
+
+log = logging.getLogger(__name__)
+
+MODES = ("probe", "finetune", "auto")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (recorded in the bundle and report).
+
+    ``None`` means "the backbone's / the data's default".
+
+    Attributes:
+        data: dataset folder or CSV (any layout :func:`transferkit.data.load_images` reads).
+        backbone: timm name (``transferkit backbones`` lists the curated ones).
+        weights: ``"auto"``, a weights file, ``"package"``, ``"hub"`` or ``"none"``.
+        mode: ``"probe"`` (frozen features + head), ``"finetune"`` or ``"auto"``.
+        out: bundle directory to write (``None``: do not save).
+        engine: feature engine: ``"auto"``, ``"torch"`` or ``"onnxruntime"``.
+        head: ``"logistic"`` or ``"mlp"``.
+        val, test: split fractions (a dataset's official split is kept when it has one).
+        seed: seed for the split and the head.
+        batch_size: images per forward pass.
+        class_weight: ``None`` or ``"balanced"`` (for imbalanced classes).
+        C: fixed inverse L2 strength for the logistic head (``None``: chosen on validation data).
+        image_size: override the backbone's input size.
+        format: dataset layout (``"auto"`` detects it).
+        cache: use the on-disk feature cache.
+        report: write an HTML report next to the bundle (``<out>/report``).
+        workers: decoding threads.
+        device: torch device (``None``: CUDA when available, else CPU).
+    """
+
+    data: str = ""
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    mode: str = "probe"
+    out: str | None = None
+    engine: str = "auto"
+    head: str = "logistic"
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    batch_size: int = 32
+    class_weight: str | None = None
+    C: float | None = None
+    image_size: int | None = None
+    format: str = "auto"
+    cache: bool = True
+    report: bool = True
+    workers: int = 2
+    device: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model: the :class:`~transferkit.bundle.ClassifierModel`.
+        metrics: evaluation on the held-out split (``"test"``, else ``"val"``), plus bookkeeping.
+        bundle_path: where the bundle was written (``None`` if ``config.out`` was ``None``).
+        report_path: the HTML report (``None`` if not written).
+        timings: seconds per stage.
+        head: the fitted scikit-learn-style head (probe mode).
+    """
+
+    model: Any
+    metrics: dict[str, Any]
+    bundle_path: Path | None = None
+    report_path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    head: Any = None
+    evaluation: Any = None
+
+
+def _load_split(config: TrainConfig, imageset=None):
+    from transferkit.data import load_images, split_imageset
+
+    if imageset is None:
+        if not config.data:
+            raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
+        imageset = load_images(config.data, format=config.format)
+    if len(imageset) == 0:
+        raise DataError(f"no usable images in {config.data}; check the path and `transferkit data inspect`")
+    return split_imageset(imageset, val=config.val, test=config.test, seed=config.seed, stratified=True)
+
+
+def train_probe(
+    config: TrainConfig,
+    *,
+    imageset=None,
+    backbone=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Linear probe / MLP on frozen features; see the module docstring.
+
+    Args:
+        config: the run's settings.
+        imageset: an ImageSet to use instead of loading ``config.data`` (split if it has none).
+        backbone: a PixelModel to use instead of building ``config.backbone``.
+        progress: ``progress(done, total)`` during feature extraction.
+
+    Raises:
+        DataError: no images, or a split without training images of at least 2 classes.
+    """
+    from transferkit.backbones import create_backbone
+    from transferkit.bundle import ClassifierModel, save_bundle
+    from transferkit.evaluate import evaluate_probabilities, probabilities_from_features
+    from transferkit.features import FeatureCache, extract_features
+    from transferkit.heads import create_head
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data = _load_split(config, imageset)
+    timings["load_data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if backbone is None:
+        backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size, seed=config.seed)
+    timings["backbone"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cache = FeatureCache() if config.cache else None
+    feats = extract_features(
+        data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
+        workers=config.workers, progress=progress, device=config.device,
+    )
+    timings["features"] = time.perf_counter() - t
+
+    split = np.array(data.split)
+    ok = feats.ok
+    idx = {s: np.flatnonzero((split == s) & ok) for s in ("train", "val", "test")}
+    if len(idx["train"]) == 0:
+        raise DataError("the split left no training images; lower --val/--test")
+    held_out = "test" if len(idx["test"]) else "val" if len(idx["val"]) else ""
+    X, y = feats.X, data.labels
+
+    t = time.perf_counter()
+    options = dict(config.options)
+    options.setdefault("class_weight", config.class_weight)
+    options.setdefault("random_state", config.seed)
+    if config.head == "logistic" and config.C is not None:
+        options.setdefault("C", config.C)
+    head = create_head(config.head, **options)
+    X_val = X[idx["val"]] if len(idx["val"]) else None
+    y_val = y[idx["val"]] if len(idx["val"]) else None
+    try:
+        head.fit(X[idx["train"]], y[idx["train"]], X_val, y_val)
+    except TransferkitError as exc:
+        raise DataError(f"cannot fit the head: {exc}") from None
+    model = ClassifierModel(backbone, head.expand_module(data.num_classes), data.class_names).eval()
+    timings["head"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    evaluation = None
+    metrics: dict[str, Any] = {}
+    if held_out:
+        sel = idx[held_out]
+        probs = probabilities_from_features(model.head, X[sel])
+        evaluation = evaluate_probabilities(probs, y[sel], data.class_names, paths=[str(data.paths[i]) for i in sel])
+        metrics = dict(evaluation.metrics)
+        metrics["split"] = held_out
+    metrics["images"] = {s: int(len(v)) for s, v in idx.items()}
+    metrics["failed_images"] = len(feats.errors)
+    metrics["head"] = {"type": config.head, **({"C": head.C_} if hasattr(head, "C_") else {})}
+    metrics["features"] = feats.stats
+    timings["evaluate"] = time.perf_counter() - t
+
+    bundle_path = report_path = None
+    if config.out:
+        t = time.perf_counter()
+        bundle_path = save_bundle(config.out, model, metrics=metrics, config=asdict(config))
+        timings["save"] = time.perf_counter() - t
+        if config.report and evaluation is not None:
+            from transferkit.report import write_report
+
+            t = time.perf_counter()
+            report_path = write_report(
+                evaluation, Path(config.out) / "report", title=f"{Path(config.data).name or 'data'}: {config.backbone} probe ({held_out} split)",
+                details={"config": asdict(config), "head": metrics["head"], "images": metrics["images"]},
+            )
+            timings["report"] = time.perf_counter() - t
+    metrics["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return TrainResult(model=model, metrics=metrics, bundle_path=bundle_path, report_path=report_path,
+                       timings=timings, head=head, evaluation=evaluation)
+
+
+def train(config: TrainConfig, **kwargs) -> TrainResult:
+    """Train a classifier as ``config.mode`` says: ``"probe"``, ``"finetune"`` or ``"auto"``.
+
+    Fine-tuning lives in :mod:`transferkit.finetune` and is imported only when asked for.
+
+    Raises:
+        TransferkitError: unknown mode, or whatever the chosen trainer raises.
+    """
+    if config.mode == "probe":
+        return train_probe(config, **kwargs)
+    if config.mode in ("finetune", "auto"):
+        try:
+            import transferkit.finetune as finetune
+        except ImportError as exc:
+            raise TransferkitError(f"--mode {config.mode} needs transferkit.finetune, which is not available ({exc}); use --mode probe") from None
+        entry = getattr(finetune, "train_finetune" if config.mode == "finetune" else "train_auto", None) or getattr(finetune, "train", None)
+        if entry is None:
+            raise TransferkitError(f"transferkit.finetune has no entry point for --mode {config.mode}; use --mode probe")
+        return entry(config, **kwargs)
+    raise TransferkitError(f"unknown mode {config.mode!r}; use one of {', '.join(MODES)}")
+
+
+__all__ = ["MODES", "TrainConfig", "TrainResult", "train", "train_probe"]
