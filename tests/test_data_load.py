@@ -273,12 +273,41 @@ def test_corrupt_cache_is_ignored(messy_folder):
     assert s.report.kept == 18 and s.report.cache_hits == 0
 
 
-def test_parallel_verify_matches_inline(tmp_path):
+def test_parallel_verify_matches_inline(tmp_path, monkeypatch):
+    import transferkit.data.verify as verify
+
+    monkeypatch.setattr(verify, "INLINE_THRESHOLD", 8)  # use the pool even for a tiny set
     root = tmp_path / "many"
-    for i in range(60):
+    for i in range(40):
         _jpeg(root / ("cat" if i % 2 else "dog") / f"{i}.jpg", seed=i, size=16)
     (root / "cat" / "bad.jpg").write_bytes(b"\xff\xd8\xff")
+    files = sorted(root.rglob("*.jpg"))
+    checks, stats = verify.verify_files(files, root=root, workers=2, cache=False)
+    assert stats["workers"] == 2
+    inline, inline_stats = verify.verify_files(files, root=root, workers=1, cache=False)
+    assert inline_stats["workers"] == 1
+    assert checks == inline
     parallel = load_images(root, workers=2, cache=False)
-    inline = load_images(root, workers=1, cache=False)
-    assert parallel.hashes == inline.hashes and parallel.sizes == inline.sizes
-    assert len(parallel) == 60 and [Path(x.path).name for x in parallel.report.rejected] == ["bad.jpg"]
+    assert len(parallel) == 40 and [Path(x.path).name for x in parallel.report.rejected] == ["bad.jpg"]
+
+
+def test_broken_worker_pool_falls_back_to_inline(tmp_path, monkeypatch, caplog):
+    import multiprocessing
+
+    import transferkit.data.verify as verify
+
+    class NoProcesses:
+        def __getattr__(self, name):
+            return getattr(multiprocessing.get_context("fork"), name)
+
+        def Process(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+            raise OSError("no processes allowed here")
+
+    monkeypatch.setattr(verify, "INLINE_THRESHOLD", 8)
+    monkeypatch.setattr(verify, "_pool_context", lambda: NoProcesses())
+    for i in range(40):
+        _jpeg(tmp_path / "ds" / "cat" / f"{i}.jpg", seed=i, size=16)
+    with caplog.at_level(logging.WARNING, logger="transferkit.data.verify"):
+        s = load_images(tmp_path / "ds", workers=2, cache=False)
+    assert len(s) == 40 and s.report.rejected == []
+    assert any("worker processes failed" in m for m in caplog.messages)
