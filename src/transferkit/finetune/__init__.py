@@ -17,6 +17,7 @@ from __future__ import annotations
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 from transferkit.finetune.loop import StepInfo, evaluate, finetune
 from transferkit.finetune.lr_find import LrFindResult, lr_find, plot_lr_find
+from transferkit.finetune.train_entry import predict_proba, train_auto, train_finetune
 from transferkit.finetune.transforms import TTA_MODES, eval_transform, train_transform, tta_predict_proba, tta_views
 
 # --mode auto thresholds (see choose_mode).
@@ -75,6 +76,9 @@ __all__ = [
     "finetune",
     "lr_find",
     "plot_lr_find",
+    "predict_proba",
+    "train_auto",
+    "train_finetune",
     "train_transform",
     "tta_predict_proba",
     "tta_views",

@@ -259,6 +259,9 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
             cache_decoded=config.cache_decoded,
         )
         train_module = model
+        if config.cache_decoded:
+            for i in range(len(train)):  # decode every file once, up front (timed in prepare_s)
+                train_data.decoded.get(i)
         val_inputs = _load_eval_pixels(val, spec) if val is not None and len(val) else None
         if config.head_init == "probe":
             pix = _load_eval_pixels(train, spec)
@@ -520,6 +523,9 @@ def _finetune(train, val, config, backbone, weights, on_step):
 
     stopped_early = False
     start_epoch, start_step = state["epoch"], state["step"]
+    if not state["history"] and start_step == 0 and run.val_inputs is not None:
+        # Epoch 0: the starting point (with head_init="probe", the linear probe LP-FT starts from).
+        state["history"].append({"epoch": 0, "stage": 0, "lr": 0.0, **evaluate(run)})
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
             break

@@ -1,0 +1,201 @@
+"""Fine-tuning benchmark: training throughput vs a plain timm loop, and accuracy vs the linear probe.
+
+Usage:
+    python benchmarks/bench_finetune.py --data ../shared/data/catsdogs [--part throughput|accuracy|all]
+
+Throughput (EfficientNet-Lite0, batch 32, same run, same model, medians of steps after a warm-up):
+    plain     a plain timm training loop: decode JPEG + RandomResizedCrop + flip + ToTensor + Normalize
+              every step, model.train() (BatchNorm updating), AdamW over every parameter, NCHW.
+    full      transferkit strategy="full", unfreeze="all" at 224 px (decoded-image cache,
+              channels_last, frozen BatchNorm statistics).
+    full160   the same at 160 px training resolution.
+    cached    strategy="cached": top 3 layer groups + head on cached trunk activations.
+Accuracy: stratified 50/50 split (seed 0), the probe (logistic regression on frozen pooled features;
+transferkit's LP-FT starting point, reported as epoch 0) against the cached fine-tune; test accuracy
+per epoch and the wall time at which the fine-tune first reaches the probe's accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _split(data: str):
+    from transferkit.data import load_images, split_imageset
+
+    ims = load_images(data)
+    ims = split_imageset(ims, val=0.0, test=0.5, seed=0, stratified=True)
+    return ims.where_split("train"), ims.where_split("test")
+
+
+def plain_timm_loop(train, steps: int, batch: int, size: int = 224) -> list[float]:
+    """A plain training loop as a user would write it from the timm / torchvision docs."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from transferkit.backbones import create_backbone
+
+    bb = create_backbone("efficientnet_lite0")
+    net = bb.net
+    net.reset_classifier(len(train.class_names))
+    spec = bb.spec
+    tf = T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(spec.mean, spec.std)])
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            return tf(Image.open(train.paths[i]).convert("RGB")), int(train.labels[i])
+
+    loader = torch.utils.data.DataLoader(DS(), batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
+    net.train()
+    times = []
+    t = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        now = time.perf_counter()
+        times.append(now - t)
+        t = now
+        if i + 1 >= steps:
+            break
+    return [batch / s for s in times[1:]]  # first step = warm-up
+
+
+def transferkit_rates(train, cfg, steps: int) -> tuple[list[float], float]:
+    from transferkit.finetune import finetune
+
+    rates: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick(info):
+        now = time.perf_counter()
+        rates.append(cfg.batch_size / (now - last[0]))
+        last[0] = now
+
+    t0 = time.perf_counter()
+    first_step = [None]
+
+    def on_step(info):
+        if first_step[0] is None:
+            first_step[0] = time.perf_counter() - t0
+        tick(info)
+
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, epochs=1, head_epochs=0, max_steps_per_epoch=steps, head_init="random", patience=None)
+    # the tick before the first step includes setup: reset it when the loop starts
+    from transferkit.finetune import loop as L
+
+    orig = L.train_one_epoch
+
+    def wrapped(*a, **k):
+        last[0] = time.perf_counter()
+        return orig(*a, **k)
+
+    L.train_one_epoch = wrapped
+    try:
+        finetune(train, cfg)
+    finally:
+        L.train_one_epoch = orig
+    return rates[1:], first_step[0]
+
+
+def part_throughput(train, steps: int, batch: int) -> dict:
+    from transferkit.finetune import FinetuneConfig
+
+    out = {}
+    t = time.perf_counter()
+    out["plain"] = plain_timm_loop(train, steps, batch)
+    print(f"plain timm loop: median {statistics.median(out['plain']):.2f} img/s ({time.perf_counter() - t:.0f} s)", flush=True)
+    runs = {
+        "full": FinetuneConfig(strategy="full", unfreeze="all", batch_size=batch, augment="standard"),
+        "full160": FinetuneConfig(strategy="full", unfreeze="all", batch_size=batch, augment="standard", image_size=160),
+        "cached": FinetuneConfig(strategy="cached", unfreeze=3, cached_views=1, batch_size=batch),
+    }
+    for name, cfg in runs.items():
+        t = time.perf_counter()
+        rates, _ = transferkit_rates(train, cfg, steps if name != "cached" else min(len(train) // batch, 4 * steps))
+        out[name] = rates
+        print(f"{name}: median {statistics.median(rates):.2f} img/s ({time.perf_counter() - t:.0f} s incl. setup)", flush=True)
+    out["plain_again"] = plain_timm_loop(train, max(3, steps // 2), batch)  # drift check: the CPU is shared
+    return out
+
+
+def part_accuracy(train, test, args) -> dict:
+    from transferkit.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(strategy="cached", unfreeze=args.unfreeze, cached_views=args.views, epochs=args.epochs, head_epochs=0,
+                         lr=args.lr, layer_decay=0.7, weight_decay=0.05, label_smoothing=0.1, augment=args.augment,
+                         batch_size=32, patience=None, seed=0)
+    t0 = time.perf_counter()
+    model, history = finetune(train, cfg, val=test)
+    total = time.perf_counter() - t0
+    timings = model.fit_info["timings"]
+    probe = history[0]["val_acc"]
+    elapsed = timings["prepare_s"]
+    reached = None
+    for r in history[1:]:
+        elapsed += r["train_seconds"]
+        r["elapsed_s"] = elapsed
+        if reached is None and r["val_acc"] > probe:
+            reached = elapsed
+    return {"config": cfg.to_dict(), "history": history, "probe_acc": probe, "final_acc": history[-1]["val_acc"],
+            "best_acc": max(r["val_acc"] for r in history[1:]), "total_s": total, "timings": timings,
+            "time_to_beat_probe_s": reached}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data/catsdogs")
+    ap.add_argument("--part", default="all", choices=["throughput", "accuracy", "all"])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--unfreeze", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--augment", default="standard")
+    ap.add_argument("--out", default="benchmarks/results/finetune.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train, test = _split(args.data)
+    result = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                          "torch": torch.__version__, "note": "CPU shared with other jobs: prefer the ratios"},
+              "train_images": len(train), "test_images": len(test)}
+    if args.part in ("throughput", "all"):
+        thr = part_throughput(train, args.steps, args.batch)
+        med = {k: statistics.median(v) for k, v in thr.items()}
+        plain = statistics.median(thr["plain"] + thr["plain_again"])
+        result["throughput"] = {"raw": thr, "median_img_s": med, "ratio_vs_plain": {k: med[k] / plain for k in ("full", "full160", "cached")}}
+        print(json.dumps(result["throughput"]["median_img_s"], indent=1), json.dumps(result["throughput"]["ratio_vs_plain"], indent=1), flush=True)
+    if args.part in ("accuracy", "all"):
+        acc = part_accuracy(train, test, args)
+        result["accuracy"] = acc
+        print(json.dumps({k: v for k, v in acc.items() if k != "history"}, indent=1, default=str))
+        for r in acc["history"]:
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""``transferkit train --mode finetune|auto``: the bridge from :class:`transferkit.train.TrainConfig`.
+
+:func:`train_finetune` loads and splits the data like the probe, fine-tunes with a
+:class:`FinetuneConfig` built from ``TrainConfig.options`` (any FinetuneConfig field, plus ``tta``),
+evaluates the held-out split, and saves the bundle (backbone weights included) and a report with
+the training curves. :func:`train_auto` applies :func:`transferkit.finetune.choose_mode`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferkit.errors import DataError
+from transferkit.finetune.config import FinetuneConfig, FinetuneError
+
+log = logging.getLogger(__name__)
+
+
+def finetune_config_from(train_config, base: FinetuneConfig | None = None) -> tuple[FinetuneConfig, str]:
+    """(FinetuneConfig, tta mode) from a TrainConfig: its seed/batch/device plus ``options``."""
+    options = dict(train_config.options or {})
+    tta = str(options.pop("tta", "none"))
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise FinetuneError(f"unknown fine-tuning option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    kw: dict[str, Any] = {"seed": train_config.seed, "batch_size": train_config.batch_size}
+    if train_config.device:
+        kw["device"] = train_config.device
+    if train_config.class_weight == "balanced":
+        kw["balance"] = "loss"
+    kw.update(options)
+    cfg = dataclasses.replace(base, **kw) if base is not None else FinetuneConfig(**kw)
+    return cfg.validate(), tta
+
+
+@torch.no_grad()
+def predict_proba(model, images, *, batch_size: int = 64, tta: str = "none") -> np.ndarray:
+    """Probabilities for an ImageSet with the backbone's evaluation preprocessing (and optional TTA)."""
+    from transferkit.finetune.loop import _batched, _load_eval_pixels
+    from transferkit.finetune.transforms import tta_predict_proba
+
+    pixels = _load_eval_pixels(images, model.spec)
+    model.eval()
+    out = [tta_predict_proba(model, pixels[sl].float() / 255, tta).numpy() for sl in _batched(len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(model.class_names)), dtype=np.float32)
+
+
+def curves_png(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch (train and validation) as a PNG."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, ax in (("loss", a1), ("acc", a2)):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            pts = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None):
+    """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``."""
+    from transferkit.backbones import create_backbone
+    from transferkit.bundle import save_bundle
+    from transferkit.data import load_images, split_imageset
+    from transferkit.evaluate import evaluate_probabilities
+    from transferkit.finetune.loop import finetune
+    from transferkit.train import TrainResult
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if imageset is None:
+        if not config.data:
+            raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
+        imageset = load_images(config.data, format=config.format)
+    if len(imageset) == 0:
+        raise DataError(f"no usable images in {config.data}; check the path and `transferkit data inspect`")
+    data = split_imageset(imageset, val=config.val, test=config.test, seed=config.seed, stratified=True)
+    timings["load_data"] = time.perf_counter() - t
+    ft_cfg, tta = finetune_config_from(config, finetune_config)
+    if backbone is None:
+        backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size, seed=config.seed)
+    train = data.where_split("train")
+    val = data.where_split("val") if "val" in data.split else None
+    test = data.where_split("test") if "test" in data.split else None
+    if len(train) == 0:
+        raise DataError("the split left no training images; lower --val/--test")
+    t = time.perf_counter()
+    model, history = finetune(train, ft_cfg, backbone=backbone, val=val)
+    timings["finetune"] = time.perf_counter() - t
+
+    held_out, evaluation = ("test", test) if test is not None and len(test) else ("val", val) if val is not None and len(val) else ("", None)
+    metrics: dict[str, Any] = {}
+    if held_out:
+        t = time.perf_counter()
+        probs = predict_proba(model, evaluation, tta=tta)
+        evaluation = evaluate_probabilities(probs, evaluation.labels, data.class_names, paths=[str(p) for p in evaluation.paths])
+        metrics = dict(evaluation.metrics)
+        metrics["split"] = held_out
+        metrics["tta"] = tta
+        timings["evaluate"] = time.perf_counter() - t
+    metrics["images"] = {s: int(sum(1 for v in data.split if v == s)) for s in ("train", "val", "test")}
+    metrics["mode"] = "finetune"
+    metrics["history"] = history
+    metrics["finetune"] = {**model.fit_info, "config": ft_cfg.to_dict()}
+
+    bundle_path = report_path = None
+    if config.out:
+        t = time.perf_counter()
+        bundle_path = save_bundle(config.out, model, metrics=metrics, config={**dataclasses.asdict(config), "finetune": ft_cfg.to_dict()},
+                                  include_backbone=True)
+        timings["save"] = time.perf_counter() - t
+        if config.report and held_out:
+            from transferkit.report import write_report
+
+            out_dir = Path(config.out) / "report"
+            curves_png(history, out_dir / "curves.png")
+            report_path = write_report(evaluation, out_dir, title=f"{Path(config.data).name or 'data'}: {config.backbone} fine-tuned ({held_out} split)",
+                                       details={"config": ft_cfg.to_dict(), "history": history, "curves": "curves.png"})
+    metrics["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return TrainResult(model=model, metrics=metrics, bundle_path=bundle_path, report_path=report_path, timings=timings,
+                       evaluation=evaluation if held_out else None)
+
+
+def train_auto(config, **kwargs):
+    """``--mode auto``: probe or fine-tune by :func:`transferkit.finetune.choose_mode` (data size, device)."""
+    from transferkit.data import load_images
+    from transferkit.finetune import auto_finetune_config, choose_mode
+    from transferkit.train import train_probe
+
+    imageset = kwargs.pop("imageset", None)
+    if imageset is None:
+        if not config.data:
+            raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
+        imageset = load_images(config.data, format=config.format)
+    counts = np.bincount(imageset.labels, minlength=len(imageset.class_names))
+    train_share = max(0.0, 1.0 - config.val - config.test)
+    mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
+    log.info("--mode auto chose %s: %s", mode, reason)
+    if mode == "probe":
+        result = train_probe(dataclasses.replace(config, mode="probe"), imageset=imageset, **kwargs)
+    else:
+        result = train_finetune(config, imageset=imageset, finetune_config=auto_finetune_config(config.device or "auto"), **kwargs)
+    result.metrics["auto"] = {"mode": mode, "reason": reason}
+    return result
