@@ -113,11 +113,20 @@ class _FeatureHead(ClassifierMixin, BaseEstimator):
             raise HeadError(f"head was fitted on {self.n_features_in_} features but got {X.shape[1]}")
         return (X - self.mean_) / self.scale_
 
+    def _check_fitted_input(self, X) -> np.ndarray:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "classes_")
+        X, _ = _check_X_y(X)
+        if X.shape[1] != self.n_features_in_:
+            raise HeadError(f"head was fitted on {self.n_features_in_} features but got {X.shape[1]}")
+        return X
+
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         import torch
 
-        X, _ = _check_X_y(X)
+        X = self._check_fitted_input(X)
         module = self.to_module()
         with torch.inference_mode():
             logits = module(torch.from_numpy(X)).double()
@@ -129,7 +138,7 @@ class _FeatureHead(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         import torch
 
-        X, _ = _check_X_y(X)
+        X = self._check_fitted_input(X)
         with torch.inference_mode():
             return self.to_module()(torch.from_numpy(X)).numpy()
 

@@ -1,0 +1,100 @@
+"""Heads: the scikit-learn estimator contract, C chosen on validation data, class weights, modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from transferkit.errors import TransferkitError
+from transferkit.heads import HEADS, HeadError, LogisticHead, MLPHead, create_head
+
+
+def _blobs(n_per_class=(60, 60, 60), dim=12, sep=2.5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, sep, (len(n_per_class), dim))
+    X = np.concatenate([rng.normal(c, 1.0, (n, dim)) for c, n in zip(centres, n_per_class)]).astype(np.float32)
+    y = np.concatenate([np.full(n, k) for k, n in enumerate(n_per_class)])
+    return X, y
+
+
+@pytest.mark.parametrize("name", HEADS.list())
+def test_estimator_contract(name):
+    X, y = _blobs()
+    head = create_head(name, random_state=0)
+    assert clone(head).get_params() == head.get_params()
+    assert not hasattr(head, "classes_")  # __init__ only stores arguments
+    assert head.fit(X, y) is head
+    assert head.classes_.tolist() == [0, 1, 2] and head.n_features_in_ == X.shape[1]
+    proba = head.predict_proba(X)
+    assert proba.shape == (len(X), 3) and np.allclose(proba.sum(axis=1), 1.0)
+    assert head.score(X, y) > 0.9
+    assert (head.predict(X) == head.classes_[proba.argmax(axis=1)]).all()
+
+
+@pytest.mark.parametrize("name", HEADS.list())
+def test_module_reproduces_probabilities(name):
+    X, y = _blobs()
+    head = create_head(name, random_state=0).fit(X, y)
+    module = head.to_module()
+    with torch.inference_mode():
+        p = module(torch.from_numpy(X)).double().softmax(1).numpy()
+    np.testing.assert_allclose(p, head.predict_proba(X), atol=1e-6)
+
+
+def test_logistic_chooses_C_on_validation_data():
+    X, y = _blobs(sep=0.6, dim=40, seed=3)  # overlapping classes: the choice of C matters
+    Xv, yv = _blobs(sep=0.6, dim=40, seed=4)
+    head = LogisticHead(Cs=(1e-4, 1e-2, 1.0, 100.0)).fit(X, y, Xv, yv)
+    assert set(head.val_scores_) == {1e-4, 1e-2, 1.0, 100.0}
+    best = max(head.val_scores_.values())
+    assert head.val_scores_[head.C_] == best
+    fixed = LogisticHead(C=0.5).fit(X, y)
+    assert fixed.C_ == 0.5 and fixed.val_scores_ == {}
+
+
+def test_binary_logistic_has_two_outputs():
+    X, y = _blobs((40, 40))
+    head = LogisticHead().fit(X, y)
+    assert head.to_module().out_features == 2
+    assert head.predict_proba(X).shape == (80, 2)
+
+
+@pytest.mark.parametrize("name", HEADS.list())
+def test_balanced_class_weight_helps_the_minority_class(name):
+    X, y = _blobs((200, 12), dim=6, sep=0.7, seed=5)
+    plain = create_head(name, C=1.0, random_state=0) if name == "logistic" else create_head(name, random_state=0)
+    weighted = clone(plain).set_params(class_weight="balanced")
+    plain.fit(X, y)
+    weighted.fit(X, y)
+    Xt, yt = _blobs((200, 200), dim=6, sep=0.7, seed=6)
+    recall = lambda h: float((h.predict(Xt[yt == 1]) == 1).mean())  # noqa: E731
+    assert recall(weighted) > recall(plain)
+
+
+def test_expand_module_covers_classes_absent_from_training():
+    X, y = _blobs()
+    keep = y != 1
+    head = LogisticHead().fit(X[keep], y[keep])
+    module = head.expand_module(4)
+    with torch.inference_mode():
+        p = module(torch.from_numpy(X)).softmax(1).numpy()
+    assert p.shape == (len(X), 4) and p[:, 1].max() < 1e-6 and p[:, 3].max() < 1e-6
+
+
+def test_bad_input_is_a_clear_error():
+    X, y = _blobs()
+    with pytest.raises(HeadError, match="at least 2 classes"):
+        LogisticHead().fit(X, np.zeros(len(X)))
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(HeadError, match="NaN"):
+        MLPHead().fit(X_nan, y)
+    with pytest.raises(HeadError, match="class_weight"):
+        LogisticHead(class_weight="heavy").fit(X, y, X, y)
+    with pytest.raises(TransferkitError, match="unknown head 'logstic'.*logistic"):
+        create_head("logstic")
+    head = LogisticHead().fit(X, y)
+    with pytest.raises(HeadError, match="12 features"):
+        head.predict(X[:, :5])
