@@ -54,6 +54,9 @@ def _register() -> None:
     from transferkit.cli.datasets import datasets_app
 
     app.add_typer(datasets_app, name="datasets")
+    from transferkit.cli.demo import demo
+
+    app.command("demo")(demo)
     from transferkit.cli.data import data_app
 
     app.add_typer(data_app, name="data")

