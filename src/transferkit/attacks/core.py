@@ -190,7 +190,7 @@ def _project(adv: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> torc
         delta = torch.clamp(adv - x0, min=-eps, max=eps)
     else:
         delta = adv - x0
-        norms = torch.norm(delta.view(delta.shape[0], -1), p=2, dim=1)
+        norms = torch.norm(delta.reshape(delta.shape[0], -1), p=2, dim=1)
         factor = torch.min(eps / norms, torch.ones_like(norms))
         delta = delta * factor.view(-1, 1, 1, 1)
     return torch.clamp(x0 + delta, min=0, max=1)
@@ -202,7 +202,7 @@ def _random_start(x0: torch.Tensor, eps: float, norm: str, generator: torch.Gene
         noise = torch.empty_like(x0).uniform_(-eps, eps, generator=generator)
     else:
         noise = torch.empty_like(x0).normal_(generator=generator)
-        n = noise.view(x0.shape[0], -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+        n = noise.reshape(x0.shape[0], -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
         r = torch.zeros_like(n).uniform_(0, 1, generator=generator)
         noise = noise * (r / n * eps)
     return torch.clamp(x0 + noise, min=0, max=1)
@@ -300,7 +300,7 @@ def _pgd_batch(model, x0, labels, target, *, eps, alpha, steps, random_start, ge
         if norm == "linf":
             adv = adv.detach() + alpha * grad.sign()
         else:
-            grad_norms = torch.norm(grad.view(grad.shape[0], -1), p=2, dim=1) + _L2_EPS_FOR_DIVISION
+            grad_norms = torch.norm(grad.reshape(grad.shape[0], -1), p=2, dim=1) + _L2_EPS_FOR_DIVISION
             adv = adv.detach() + alpha * (grad / grad_norms.view(-1, 1, 1, 1))
         adv = _project(adv, x0, eps, norm).detach()
     return q(adv).detach(), logits_before
