@@ -131,7 +131,7 @@ def part_throughput(train, steps: int, batch: int) -> dict:
     }
     for name, cfg in runs.items():
         t = time.perf_counter()
-        rates, _ = transferkit_rates(train, cfg, steps if name != "cached" else min(len(train) // batch, 4 * steps))
+        rates, _ = transferkit_rates(train, cfg, steps if name != "cached" else len(train) // batch)
         out[name] = rates
         print(f"{name}: median {statistics.median(rates):.2f} img/s ({time.perf_counter() - t:.0f} s incl. setup)", flush=True)
     out["plain_again"] = plain_timm_loop(train, max(3, steps // 2), batch)  # drift check: the CPU is shared
@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/catsdogs")
     ap.add_argument("--part", default="all", choices=["throughput", "accuracy", "all"])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--subset", type=int, default=256, help="training images used by the throughput part")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--unfreeze", type=int, default=3)
@@ -180,7 +181,8 @@ def main() -> None:
                           "torch": torch.__version__, "note": "CPU shared with other jobs: prefer the ratios"},
               "train_images": len(train), "test_images": len(test)}
     if args.part in ("throughput", "all"):
-        thr = part_throughput(train, args.steps, args.batch)
+        sub = train.subset(np.random.default_rng(0).permutation(len(train))[: args.subset])
+        thr = part_throughput(sub, args.steps, args.batch)
         med = {k: statistics.median(v) for k, v in thr.items()}
         plain = statistics.median(thr["plain"] + thr["plain_again"])
         result["throughput"] = {"raw": thr, "median_img_s": med, "ratio_vs_plain": {k: med[k] / plain for k in ("full", "full160", "cached")}}

@@ -221,6 +221,8 @@ from transferkit.data.imageset import ImageSet
 from transferkit.finetune import FinetuneConfig, finetune
 
 folder, ckpt = Path(sys.argv[1]), sys.argv[2]
+import torch
+torch.set_num_threads(1)  # as the test process: bit-exact resume needs the same kernels and thread count
 paths = sorted(folder.glob("*/*.jpg"))
 names = sorted({p.parent.name for p in paths})
 ims = ImageSet(paths, np.array([names.index(p.parent.name) for p in paths]), names)
@@ -321,3 +323,24 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
     auto = train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="auto",
                              val=0.2, test=0.2, cache=False))
     assert auto.metrics["auto"]["mode"] == "probe" and "smallest class" in auto.metrics["auto"]["reason"]
+
+
+def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_folder, tiny_backbone, tmp_path):
+    ims = _imageset(tiny_image_folder)
+    kw = dict(strategy="cached", unfreeze=2, cached_views=2, epochs=2, head_epochs=1, batch_size=4, lr=5e-3, seed=3,
+              checkpoint_every=3, patience=None)
+    reference, _ = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+
+    def crash(info):
+        if info.global_step == 6:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path), **kw), backbone=tiny_backbone, on_step=crash)
+    caches = list(tmp_path.glob("trunk-*.pt"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+    resumed, _ = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path), resume=True, **kw), backbone=tiny_backbone)
+    assert caches[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    ref_state, res_state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)

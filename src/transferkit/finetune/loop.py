@@ -231,7 +231,18 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
             raise FinetuneError(f"strategy='cached' needs an EfficientNet/MobileNet-style backbone; {spec.name} is not: use strategy='full'")
         n_top = len(trainable)
         trunk = groups[: len(groups) - n_top]
-        acts = _cache_trunk(model, groups, trunk, train, config, device, channels_last)
+        # With a checkpoint folder the cache is kept there, so a resumed run does not redo the
+        # expensive part (the key covers config, images and backbone).
+        cache_file = None
+        if config.checkpoint_dir:
+            cache_file = Path(config.checkpoint_dir) / f"trunk-{_config_fingerprint(config, train, spec)[:16]}.pt"
+        if cache_file is not None and cache_file.is_file():
+            acts = load_checkpoint(cache_file)["activations"]
+            log.info("loaded cached trunk activations from %s", cache_file)
+        else:
+            acts = _cache_trunk(model, groups, trunk, train, config, device, channels_last)
+            if cache_file is not None and dist_info.is_main:
+                save_checkpoint(cache_file, {"activations": acts})
         train_data = TensorItems(acts, train.labels, seed=config.seed)
         train_module = TopNet(net, trainable, head)
         val_inputs = None
