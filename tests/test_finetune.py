@@ -344,3 +344,22 @@ def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_f
     assert caches[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+
+
+def test_cli_train_finetune_then_evaluate_with_tta(tiny_image_folder, tmp_path):
+    import json
+
+    from transferkit.cli.main import main
+
+    out = tmp_path / "model"
+    code = main(["train", str(tiny_image_folder), "--mode", "finetune", "--backbone", "test_efficientnet", "--weights", "none",
+                 "--out", str(out), "--epochs", "1", "--head-epochs", "0", "--batch-size", "6", "--augment", "light",
+                 "--no-report", "--format", "json", "--val", "0.2", "--test", "0.2"])
+    assert code == 0
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["include_backbone"] is True and meta["metrics"]["mode"] == "finetune"
+    assert meta["config"]["finetune"]["epochs"] == 1
+    code = main(["evaluate", str(out), str(tiny_image_folder), "--tta", "flip", "--out", str(tmp_path / "ev"), "--format", "json"])
+    assert code == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["tta"] == "flip"
+    assert main(["evaluate", str(out), str(tiny_image_folder), "--tta", "mirror"]) != 0

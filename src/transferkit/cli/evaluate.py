@@ -18,6 +18,7 @@ def evaluate(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     data_format: str = typer.Option("auto", "--data-format", help="dataset layout (auto detects it)"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation: none, flip (image + mirror) or flip-zoom (4 views); averages probabilities"),
 ) -> None:
     """Evaluate a bundle: accuracy, top-k, per-class P/R/F1, confusion matrix, calibration, worst mistakes."""
     from transferkit.bundle import load_bundle, read_bundle_meta
@@ -39,8 +40,15 @@ def evaluate(
         images = images.where_split(split)
         if len(images) == 0:
             raise DataError(f"the {split} split of {data} is empty with the bundle's recorded fractions")
-    with extraction_progress("evaluating") as progress:
-        ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress)
+    output.check_format(tta, ("none", "flip", "flip-zoom"))
+    if tta != "none":
+        # TTA needs pixels through the whole model (not cached features): transferkit.finetune does it.
+        from transferkit.finetune.train_entry import evaluate_tta
+
+        ev = evaluate_tta(clf, images, tta=tta, batch_size=batch_size)
+    else:
+        with extraction_progress("evaluating") as progress:
+            ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress)
     out_dir = out if out is not None else Path(model) / "evaluation"
     report = write_report(ev, out_dir, title=f"{Path(model).name} on {Path(data).name} ({split})",
                           details={"model": str(model), "data": str(data), "split": split, "bundle_metrics": meta.get("metrics", {}).get("accuracy")})

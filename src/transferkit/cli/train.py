@@ -44,7 +44,10 @@ def extraction_progress(description: str = "extracting features") -> Iterator[Ca
 def train(
     data: Path = typer.Argument(..., help="dataset folder or CSV (see `transferkit data inspect`)"),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name; see `transferkit backbones`"),
-    mode: str = typer.Option("probe", "--mode", help="probe (frozen features + head), finetune or auto"),
+    mode: str = typer.Option("probe", "--mode", help=(
+        "probe (frozen features + head), finetune (LP-FT: probe-initialised head, staged unfreezing, frozen BatchNorm) or "
+        "auto: probe if the smallest class has < 20 training images; else finetune (GPU: whole network; CPU: top blocks on "
+        "cached trunk activations up to 20000 training images, probe above)")),
     out: Path = typer.Option(Path("model"), "--out", "-o", help="bundle directory to write"),
     engine: str = typer.Option("auto", "--engine", help="feature engine: auto, torch or onnxruntime"),
     seed: int = typer.Option(0, "--seed", help="seed for the split and the head"),
@@ -58,8 +61,18 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the feature cache"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="finetune: total epochs (default 6)"),
+    head_epochs: int = typer.Option(None, "--head-epochs", min=0, help="finetune: stage-1 epochs training only the head"),
+    strategy: str = typer.Option(None, "--strategy", help="finetune: full, or cached (CPU trick: top blocks on cached trunk activations)"),
+    unfreeze: str = typer.Option(None, "--unfreeze", help="finetune: layer groups unfrozen in stage 2, from the top: a number or all"),
+    lr: float = typer.Option(None, "--lr", help="finetune: head learning rate (see `transferkit lr-find`); lower groups get lr*decay^k"),
+    augment: str = typer.Option(None, "--augment", help="finetune: none, light, standard or strong"),
+    tta: str = typer.Option("none", "--tta", help="finetune: test-time augmentation for the held-out metrics: none, flip, flip-zoom"),
+    checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="finetune: write resumable checkpoints here"),
+    resume: bool = typer.Option(False, "--resume", help="finetune: continue from --checkpoint-dir/last.pt"),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
 ) -> None:
-    """Train a classifier on DATA with a frozen pretrained backbone; write a bundle and a report."""
+    """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
     from transferkit.heads import HEADS
     from transferkit.train import MODES, TrainConfig
     from transferkit.train import train as run_train
@@ -72,8 +85,15 @@ def train(
     config = TrainConfig(
         data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,
         val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight,
-        format=data_format, cache=not no_cache, report=not no_report,
+        format=data_format, cache=not no_cache, report=not no_report, device=device,
     )
+    ft_options = {"epochs": epochs, "head_epochs": head_epochs, "strategy": strategy, "lr": lr, "augment": augment,
+                  "unfreeze": int(unfreeze) if unfreeze and unfreeze.isdigit() else unfreeze,
+                  "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "resume": resume or None}
+    if mode != "probe":
+        config.options.update({k: v for k, v in ft_options.items() if v is not None})
+        if tta != "none":
+            config.options["tta"] = tta
     with extraction_progress() as progress:
         result = run_train(config, progress=progress)
     m = result.metrics

@@ -53,6 +53,36 @@ def predict_proba(model, images, *, batch_size: int = 64, tta: str = "none") -> 
     return np.concatenate(out) if out else np.zeros((0, len(model.class_names)), dtype=np.float32)
 
 
+def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
+    """:func:`transferkit.evaluate.evaluate_model` with test-time augmentation (labels matched by class name).
+
+    Unreadable images are skipped and listed in ``metrics["failed_images"]``.
+    """
+    from transferkit.data.decode import ImageDecodeError, open_rgb
+    from transferkit.errors import DataError
+    from transferkit.evaluate import evaluate_probabilities
+
+    unknown = sorted(set(images.class_names) - set(model.class_names))
+    if unknown:
+        raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:8])}")
+    to_model = np.array([model.class_names.index(c) for c in images.class_names], dtype=np.int64)
+    good, failed = [], {}
+    for i, p in enumerate(images.paths):
+        try:
+            open_rgb(p)
+            good.append(i)
+        except ImageDecodeError as exc:
+            failed[str(p)] = str(exc)
+    if not good:
+        raise DataError("none of the images could be read; see `transferkit data inspect`")
+    subset = images.subset(good)
+    probs = predict_proba(model, subset, batch_size=batch_size, tta=tta)
+    ev = evaluate_probabilities(probs, to_model[subset.labels], model.class_names, paths=[str(p) for p in subset.paths])
+    ev.metrics["failed_images"] = failed
+    ev.metrics["tta"] = tta
+    return ev
+
+
 def curves_png(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
     import os
@@ -160,7 +190,9 @@ def train_auto(config, **kwargs):
     mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
     log.info("--mode auto chose %s: %s", mode, reason)
     if mode == "probe":
-        result = train_probe(dataclasses.replace(config, mode="probe"), imageset=imageset, **kwargs)
+        ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
+        probe_options = {k: v for k, v in (config.options or {}).items() if k not in ft_keys}
+        result = train_probe(dataclasses.replace(config, mode="probe", options=probe_options), imageset=imageset, **kwargs)
     else:
         result = train_finetune(config, imageset=imageset, finetune_config=auto_finetune_config(config.device or "auto"), **kwargs)
     result.metrics["auto"] = {"mode": mode, "reason": reason}
