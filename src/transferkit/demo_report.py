@@ -183,7 +183,7 @@ def render_demo_report(result: DemoResult) -> str:
     """The report as one HTML string (no external resources)."""
     cfg = result.config
     timing_rows = "".join(
-        f"<tr><td>{_e(STEP_TITLES[k])}</td><td>{_e(result.steps[k].status)}</td><td class=\"num\">{result.steps[k].seconds:.1f}</td></tr>"
+        f"<tr><td>{_e(STEP_TITLES[k])}</td><td>{_e(result.steps[k].status)}</td><td class=\"num\">{result.steps[k].seconds:.1f}</td><td class=\"num\">{result.steps[k].cpu_seconds:.1f}</td></tr>"
         for k in REPORT_ORDER if k in result.steps
     )
     ds = result.dataset
@@ -205,7 +205,7 @@ def render_demo_report(result: DemoResult) -> str:
 ({_e(m.get('platform'))}, torch {_e(m.get('torch'))}, {_e(m.get('torch_threads'))} threads).</p>
 {dataset_line}
 <section id="summary"><h2>Steps and time</h2>
-<table><tr><th>step</th><th>status</th><th>seconds</th></tr>{timing_rows}</table>
+<table><tr><th>step</th><th>status</th><th>wall seconds</th><th>CPU seconds</th></tr>{timing_rows}</table>
 <p class="note">Sizes chosen so the default run fits 10 minutes on 2 CPU cores: <code>{_e(json.dumps(choices))}</code></p>
 </section>
 {sections}

@@ -19,6 +19,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="seeds the split, the head, the renders and the attacks"),
     max_images: int = typer.Option(None, "--max-images", min=20, help="cap on dataset images (stratified subset; default 1300)"),
     time_budget: float = typer.Option(570.0, "--time-budget", min=0, help="seconds; fine-tuning runs only if it fits in what is left"),
+    steps: str = typer.Option(None, "--steps", help="run only these steps, comma-separated: classify,transfer,finetune,featuremaps,dream,attack,robustness"),
     fmt: str = typer.Option("table", "--format", help="table or json (the summary printed at the end)"),
 ) -> None:
     """Run the whole lesson offline: pretrained labels, transfer, fine-tuning, feature maps, ideal images, attacks.
@@ -31,9 +32,16 @@ def demo(
     output.check_format(fmt, ("table", "json"))
     if data is not None and dataset is not None:
         raise typer.BadParameter("give --data or --dataset, not both")
+    wanted = None
+    if steps:
+        wanted = tuple(x.strip() for x in steps.split(",") if x.strip())
+        unknown = [x for x in wanted if x not in REPORT_ORDER]
+        if unknown:
+            raise typer.BadParameter(f"unknown step(s) {', '.join(unknown)}; use {', '.join(REPORT_ORDER)}")
     config = DemoConfig(data=str(data) if data else None, dataset=dataset, out=str(out), quick=quick, backbone=backbone,
                         weights=weights, seed=seed, max_images=max_images, time_budget_s=time_budget)
-    result = run_demo(config, notify=output.info)
+    # Progress goes to stderr so that stdout holds only the summary (a table, or JSON for scripts).
+    result = run_demo(config, notify=lambda line: output.err_console.print(line, highlight=False), steps=wanted)
     if fmt == "json":
         output.print_json({**result.summary(), "report": str(result.report_path)})
     else:

@@ -1,0 +1,161 @@
+"""`transferkit demo`: same numbers as the separate commands, every section in the report, clear errors."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transferkit.demo import REPORT_ORDER, DemoConfig, cap_imageset, run_demo, transfer_train_config, write_imageset_csv
+
+TINY = dict(backbone="test_efficientnet", weights="none", image_size=32)
+
+
+def _demo_config(data: Path, out: Path, **overrides) -> DemoConfig:
+    return DemoConfig(data=str(data), out=str(out), seed=3, **{**TINY, **overrides})
+
+
+def test_transfer_step_gives_the_numbers_of_the_separate_library_call(tiny_image_folder, tmp_path):
+    from transferkit.train import TrainConfig, train
+
+    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo"), steps=("transfer",), write_report=False)
+    step = result.steps["transfer"]
+    assert step.status == "ok", step.message
+    # The separate call, with its own (empty) feature cache: nothing is shared but the seed.
+    separate = train(TrainConfig(data=str(tiny_image_folder), mode="probe", out=str(tmp_path / "sep"), seed=3,
+                                 report=False, cache=False, **TINY))
+    assert step.data["accuracy"] == separate.metrics["accuracy"]
+    assert step.data["confusion_matrix"] == separate.evaluation.confusion.tolist()
+    assert step.data["images"] == separate.metrics["images"]
+    assert step.data["head"] == separate.metrics["head"]
+    demo_model = transfer_train_config(result.config, tiny_image_folder, tmp_path / "x")
+    assert demo_model.seed == 3 and demo_model.mode == "probe"
+
+
+def test_transfer_step_matches_the_train_command_line(tiny_image_folder, tmp_path, capsys):
+    """`transferkit demo --steps transfer` and `transferkit train` print the same accuracy and confusion matrix."""
+    from transferkit.cli.main import main
+
+    common = ["--backbone", "test_efficientnet", "--weights", "none", "--seed", "5", "--format", "json"]
+    assert main(["demo", "--data", str(tiny_image_folder), "--steps", "transfer", "--out", str(tmp_path / "d"), *common]) == 0
+    demo_json = json.loads(capsys.readouterr().out)
+    assert main(["train", str(tiny_image_folder), "--out", str(tmp_path / "t"), "--no-report", *common]) == 0
+    train_json = json.loads(capsys.readouterr().out)
+    transfer = demo_json["steps"]["transfer"]["data"]
+    assert transfer["accuracy"] == train_json["metrics"]["accuracy"]
+    assert transfer["confusion_matrix"] == train_json["metrics"]["confusion_matrix"]
+    assert Path(demo_json["report"]).is_file()
+
+
+def test_capped_dataset_is_a_stratified_subset_that_train_reproduces(tiny_image_folder, tmp_path):
+    from transferkit.data import load_images
+    from transferkit.train import TrainConfig, train
+
+    full = load_images(tiny_image_folder)
+    capped = cap_imageset(full, 9, seed=1)
+    assert len(capped) == 9 and sorted(capped.class_counts().values()) == [3, 3, 3]
+    assert cap_imageset(full, 9, seed=1).paths == capped.paths  # deterministic
+    assert cap_imageset(full, 100, seed=1) is full
+
+    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo", max_images=9), steps=("transfer",), write_report=False)
+    used = Path(result.steps["transfer"].data["data_path"])
+    assert used.suffix == ".csv" and len(load_images(used)) == 9
+    separate = train(TrainConfig(data=str(used), mode="probe", out=None, seed=3, cache=False, report=False, **TINY))
+    assert result.steps["transfer"].data["confusion_matrix"] == separate.evaluation.confusion.tolist()
+
+
+def test_imageset_csv_round_trip_keeps_labels_and_split(tiny_image_folder, tmp_path):
+    from transferkit.data import load_images, split_imageset
+
+    original = split_imageset(load_images(tiny_image_folder), seed=0)
+    back = load_images(write_imageset_csv(original, tmp_path / "set.csv"))
+    by_path = {p.resolve(): (original.class_names[l], s) for p, l, s in zip(original.paths, original.labels, original.split)}
+    assert {p.resolve(): (back.class_names[l], s) for p, l, s in zip(back.paths, back.labels, back.split)} == by_path
+
+
+def _data_uris(html: str) -> dict[str, bytes]:
+    found = {}
+    for m in re.finditer(r'<img alt="[^"]*" data-image="([^"]+)" src="data:image/png;base64,([^"]+)"', html):
+        found[m.group(1)] = base64.b64decode(m.group(2))
+    return found
+
+
+def test_full_demo_on_a_tiny_backbone_writes_every_section_and_image(tiny_image_folder, tmp_path):
+    config = _demo_config(tiny_image_folder, tmp_path / "demo", photos=2, dream_steps=2, dream_size=32, attack_steps=2,
+                          robustness_images=4, finetune_epochs=1, time_budget_s=1e6)
+    result = run_demo(config)
+    featuremaps_built = importlib.util.find_spec("transferkit.explain.featuremaps") is not None
+    for key in REPORT_ORDER:
+        step = result.steps[key]
+        if key == "featuremaps" and not featuremaps_built:
+            assert step.status == "skipped"
+            continue
+        assert step.status == "ok", f"{key}: {step.message}"
+    html = result.report_path.read_text()
+    assert not re.search(r'<(img|script|link)[^>]+(src|href)="(?!data:)', html), "the report must not load anything"
+    for key in REPORT_ORDER:
+        assert f'id="step-{key}"' in html
+    images = _data_uris(html)
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images.values())
+    expected = {"classify/photo_chelsea", "transfer/confusion", "finetune/confusion", "dream/tabby_cat_tv",
+                "dream/tabby_cat_plain", "dream/zebra_tv", "dream/zebra_plain", "attack/original",
+                "attack/adversarial", "attack/perturbation", "robustness/curve"}
+    assert expected <= set(images), expected - set(images)
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["steps"]["transfer"]["data"]["accuracy"] == result.steps["transfer"].data["accuracy"]
+    points = summary["steps"]["robustness"]["data"]["points"]
+    assert points[0]["eps"] == "0/255" and all(b["accuracy"] <= points[0]["accuracy"] for b in points[1:])
+
+
+def test_quick_skips_finetuning_with_the_reason(tiny_image_folder, tmp_path):
+    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo", quick=True), steps=("finetune",), write_report=False)
+    assert result.steps["finetune"].status == "skipped" and "--quick" in result.steps["finetune"].message
+
+
+def test_finetuning_is_skipped_when_the_budget_is_spent(tiny_image_folder, tmp_path):
+    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo", time_budget_s=0.0), steps=("transfer", "finetune"),
+                      write_report=False)
+    assert result.steps["transfer"].status == "ok"
+    ft = result.steps["finetune"]
+    assert ft.status == "skipped" and "budget" in ft.message
+
+
+def test_no_dataset_anywhere_is_one_clear_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from transferkit.cli.main import main
+    from transferkit.datasets import fashion_mnist
+
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    monkeypatch.setattr(fashion_mnist, "debian_source", lambda: None)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--backbone", "test_efficientnet", "--weights", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "apt-get install -y dataset-fashion-mnist" in err and "--data" in err
+
+
+def test_demo_uses_debian_fashion_mnist_offline_and_says_why(tmp_path, monkeypatch):
+    """Offline with the Debian package (faked here by four small IDX files), the demo trains on Fashion-MNIST."""
+    import gzip
+    import struct
+
+    src = tmp_path / "fm"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 30)):
+        for kind, arr in (("images", rng.integers(0, 256, (n, 28, 28))), ("labels", np.arange(n) % 10)):
+            nd = 3 if kind == "images" else 1
+            header = bytes([0, 0, 8, nd]) + struct.pack(f">{nd}I", *arr.shape)
+            (src / f"{split}-{kind}-idx{nd}-ubyte.gz").write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+    from transferkit.datasets import fashion_mnist
+
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    monkeypatch.setattr(fashion_mnist, "debian_source", lambda: src)
+    lines: list[str] = []
+    config = DemoConfig(out=str(tmp_path / "d"), fashion_sizes=(4, 2), **TINY)
+    result = run_demo(config, steps=("transfer",), notify=lines.append, write_report=False)
+    assert result.dataset["name"] == "fashion-mnist" and result.dataset["classes"] == 10
+    assert any("dataset-fashion-mnist" in line and "TRANSFERKIT_OFFLINE" in line for line in lines)
+    assert result.steps["transfer"].status == "ok"
