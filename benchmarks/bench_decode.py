@@ -1,20 +1,23 @@
 """Verify + decode throughput on real photos: transferkit vs plain Pillow, measured in the same run.
 
-    python benchmarks/bench_decode.py [--data /work/shared/data/catsdogs] [--limit 1000] [--repeats 5]
-                                      [--backbone efficientnet_lite0]
+    python benchmarks/bench_decode.py [--data /work/shared/data/catsdogs] [--limit 1000] [--repeats 3]
+                                      [--backbone efficientnet_lite0] [--image-sizes 224,112]
 
-Rows (images/s, median of ``--repeats`` passes, the configurations interleaved so that load from
-other processes on a shared machine hits them alike):
+Every configuration decodes the same photos to the network input of a backbone spec (shorter side
+to the spec's resize size with its interpolation, centre crop, float tensor [3, H, W] in [0, 1]).
+The configurations are interleaved and each is run ``--repeats`` times; the tables give medians.
+Two clocks: wall time (images/s) and CPU time of this process and its workers (ms of CPU per
+image). On a machine shared with other jobs CPU time is the steadier comparison.
 
-- plain: ``Image.open(p).convert("RGB")``, shorter side resized to the spec's resize size with
-  the spec's interpolation, centre crop, to a [0, 1] tensor; one process, no checks at all (it
-  crashes on the first bad file).
+Rows:
+- plain + torchvision: ``Image.open(p).convert("RGB")``, PIL resize + crop, ``TF.to_tensor``:
+  what a training script usually does; no checks (it crashes on the first bad file).
+- plain + numpy: the same with a numpy tensor conversion (the cheapest plain path).
 - transferkit decode: ``load_for_spec(p, spec, fast=True)`` (JPEG draft when the photo is at least
-  twice the resize size, EXIF rotation, mode conversion, bomb guard); also ``fast=False``.
-- transferkit verify: the verify pass (read, content hash, 1/8-scale decode) cold with 1 and with
-  all workers, and warm (second look, on-disk cache).
-- transferkit verify + decode: cold verify (all workers) then the fast decode, and the same with a
-  warm cache; the ratio column compares each row with plain.
+  twice the resize size, EXIF rotation, any mode to RGB, bomb guard), and ``fast=False``.
+- transferkit verify pass: read + content hash + 1/8-scale decode of every file, cold with 1 and
+  with all workers, and warm (second look: one stat per file against the on-disk cache).
+- transferkit verify + decode: the cold (all workers) or warm verify pass plus the fast decode.
 
 Files come from the OS page cache after the first pass, so disk speed is not measured.
 """
@@ -33,36 +36,53 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferkit.data.decode import load_for_spec, pil_interpolation, to_tensor01
+from transferkit.data.decode import load_for_spec, pil_interpolation
 from transferkit.data.verify import VerifyOptions, verify_files
 
 
-def plain_decode(path: Path, spec) -> object:
+def _plain_image(path: Path, spec) -> Image.Image:
     img = Image.open(path).convert("RGB")
     w, h = img.size
     scale = spec.resize_size / min(w, h)
     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), pil_interpolation(spec.interpolation))
     w, h = img.size
     left, top = (w - spec.image_size) // 2, (h - spec.image_size) // 2
-    img = img.crop((left, top, left + spec.image_size, top + spec.image_size))
-    return to_tensor01(img)
+    return img.crop((left, top, left + spec.image_size, top + spec.image_size))
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def plain_torchvision(path: Path, spec):
+    import torchvision.transforms.functional as TF
+
+    return TF.to_tensor(_plain_image(path, spec))
+
+
+def plain_numpy(path: Path, spec):
+    import torch
+
+    arr = np.asarray(_plain_image(path, spec), dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children)."""
+    c0, t0 = _cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu() - c0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs")
-    parser.add_argument("--limit", type=int, default=1000, help="images per pass (half cats, half dogs)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--limit", type=int, default=1000, help="images per pass (split evenly over the classes)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[224, 112],
-                        help="network input sizes to measure, comma separated (the draft helps when photos are "
-                             ">= 2x the resize size)")
+                        help="network input sizes, comma separated (the draft helps when photos are >= 2x the resize size)")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"{args.data} not found; pass --data", file=sys.stderr)
@@ -77,69 +97,80 @@ def main() -> int:
     n = len(paths)
     sizes = [Image.open(p).size for p in paths]
     cores = os.cpu_count() or 1
-
     cache_root = Path(tempfile.mkdtemp(prefix="tk-bench-"))
     counter = iter(range(10**6))
+    warm_dir = cache_root / "warm"
 
-    def verify(workers: int, warm_dir: Path | None = None):
-        cache_dir = warm_dir or cache_root / f"cold{next(counter)}"  # fresh dir = cold
+    def verify(workers: int, warm: bool = False):
+        cache_dir = warm_dir if warm else cache_root / f"cold{next(counter)}"  # a fresh folder is a cold cache
         checks, _ = verify_files(paths, root=args.data, options=VerifyOptions(), workers=workers, cache=True,
                                  cache_dir=cache_dir)
         assert all(c.ok for c in checks), [c.reason for c in checks if not c.ok][:3]
 
-    warm_dir = cache_root / "warm"
-    verify(cores, warm_dir)  # fill the warm cache (and the OS page cache)
+    verify(cores, warm=True)  # fills the warm cache and the OS page cache
 
-    def tk_decode(spec, fast: bool):
-        for p in paths:
-            load_for_spec(p, spec, fast=fast)
+    def each(fn, spec):
+        return lambda: [fn(p, spec) for p in paths]
 
-    def plain(spec):
-        for p in paths:
-            plain_decode(p, spec)
+    def tk(fast):
+        return lambda p, spec: load_for_spec(p, spec, fast=fast)
 
-    runs: dict[str, list[float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeats):
         for spec in specs:
-            tag = f"{spec.image_size}px"
-            runs.setdefault(f"plain@{tag}", []).append(timed(lambda: plain(spec)))
-            runs.setdefault(f"fast@{tag}", []).append(timed(lambda: tk_decode(spec, True)))
-            runs.setdefault(f"full@{tag}", []).append(timed(lambda: tk_decode(spec, False)))
+            tag = f"@{spec.image_size}"
+            for key, fn in (("plain_tv", plain_torchvision), ("plain_np", plain_numpy), ("fast", tk(True)), ("full", tk(False))):
+                runs.setdefault(key + tag, []).append(timed(each(fn, spec)))
         runs.setdefault("verify_cold_1", []).append(timed(lambda: verify(1)))
         runs.setdefault("verify_cold_all", []).append(timed(lambda: verify(cores)))
-        runs.setdefault("verify_warm", []).append(timed(lambda: verify(cores, warm_dir)))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+        runs.setdefault("verify_warm", []).append(timed(lambda: verify(cores, warm=True)))
+    wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+
+    def ips(sec: float) -> str:
+        return f"{n / sec:.0f}" if sec > 0 else "inf"
+
+    def ms(sec: float) -> str:
+        return f"{1000 * sec / n:.2f}"
 
     print(f"# bench_decode: {n} JPEGs from {args.data} (shorter side median {int(np.median([min(s) for s in sizes]))} px), "
-          f"backbone {args.backbone} ({specs[0].interpolation}) at {', '.join(f'{s.image_size}' for s in specs)} px")
-    print(f"# machine: {platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}, "
-          f"Pillow {Image.__version__}; medians of {args.repeats} interleaved passes; CPU shared with other jobs")
-    print()
-    print("Verify pass alone (read + content hash + 1/8-scale decode of every file):\n")
-    print("| verify pass | seconds / pass | images/s |")
+          f"{args.backbone} spec ({specs[0].interpolation}) at {', '.join(str(s.image_size) for s in specs)} px")
+    print(f"# machine: {platform.machine()}, {cores} cores (load average {os.getloadavg()[0]:.1f} at the end: shared "
+          f"with other jobs), Python {platform.python_version()}, Pillow {Image.__version__}; "
+          f"medians of {args.repeats} interleaved passes")
+    print("\nVerify pass alone:\n")
+    print("| verify pass | wall images/s | CPU ms / image |")
     print("|---|---|---|")
     for key, label in (("verify_cold_1", "cold, 1 worker"), ("verify_cold_all", f"cold, {cores} workers"),
                        ("verify_warm", "warm (second look, on-disk cache)")):
-        print(f"| {label} | {med[key]:.3f} | {n / med[key]:.0f} |")
-    print()
-    print("Verify + decode to the network input (1 process for the decode), against plain Pillow:\n")
-    print("| input | JPEGs drafted | plain open+convert+resize img/s | transferkit decode fast / full img/s "
-          "| transferkit verify(cold) + fast decode img/s | ratio vs plain | verify(warm) + fast decode img/s | ratio vs plain |")
-    print("|---|---|---|---|---|---|---|---|")
+        print(f"| {label} | {ips(wall[key])} | {ms(cpu[key])} |")
+    print("\nDecode to the network input, 1 process (verify + decode adds the verify pass above):\n")
+    print("| input size | JPEGs drafted | path | wall images/s | CPU ms / image | wall vs plain+torchvision | CPU vs plain+torchvision |")
+    print("|---|---|---|---|---|---|---|")
     for spec in specs:
-        tag = f"{spec.image_size}px"
+        tag = f"@{spec.image_size}"
         drafted = sum(1 for w, h in sizes if min(w, h) >= 2 * spec.resize_size)
-        cold = med["verify_cold_all"] + med[f"fast@{tag}"]
-        warm = med["verify_warm"] + med[f"fast@{tag}"]
-        print(f"| {spec.image_size} px (resize {spec.resize_size}) | {drafted}/{n} | {n / med[f'plain@{tag}']:.0f} "
-              f"| {n / med[f'fast@{tag}']:.0f} / {n / med[f'full@{tag}']:.0f} | {n / cold:.0f} | {med[f'plain@{tag}'] / cold:.2f}x "
-              f"| {n / warm:.0f} | {med[f'plain@{tag}'] / warm:.2f}x |")
-        diffs = [float((load_for_spec(p, spec, fast=True) - load_for_spec(p, spec, fast=False)).abs().mean())
-                 for p, (w, h) in zip(paths, sizes) if min(w, h) >= 2 * spec.resize_size][:50]
-        if diffs:
-            print(f"\n  {tag}: draft vs full decode, mean |difference| per pixel on {len(diffs)} drafted photos: "
-                  f"median {np.median(diffs):.4f}, max {max(diffs):.4f} (pixels in 0..1)")
-    print("\nall passes (s):", {k: [round(x, 3) for x in v] for k, v in runs.items()})
+        rows = [
+            ("plain Image.open().convert(\"RGB\") + resize + crop + TF.to_tensor", wall["plain_tv" + tag], cpu["plain_tv" + tag]),
+            ("plain ... + numpy to tensor", wall["plain_np" + tag], cpu["plain_np" + tag]),
+            ("transferkit load_for_spec(fast=False)", wall["full" + tag], cpu["full" + tag]),
+            ("transferkit load_for_spec(fast=True) (draft)", wall["fast" + tag], cpu["fast" + tag]),
+            (f"transferkit verify (cold, {cores} workers) + fast decode",
+             wall["verify_cold_all"] + wall["fast" + tag], cpu["verify_cold_all"] + cpu["fast" + tag]),
+            ("transferkit verify (warm) + fast decode",
+             wall["verify_warm"] + wall["fast" + tag], cpu["verify_warm"] + cpu["fast" + tag]),
+        ]
+        for label, w, c in rows:
+            print(f"| {spec.image_size} (resize {spec.resize_size}) | {drafted}/{n} | {label} | {ips(w)} | {ms(c)} "
+                  f"| {wall['plain_tv' + tag] / w:.2f}x | {cpu['plain_tv' + tag] / c:.2f}x |")
+    for spec in specs:
+        drafted_paths = [p for p, (w, h) in zip(paths, sizes) if min(w, h) >= 2 * spec.resize_size][:50]
+        if drafted_paths:
+            diffs = [float((load_for_spec(p, spec, fast=True) - load_for_spec(p, spec, fast=False)).abs().mean())
+                     for p in drafted_paths]
+            print(f"\n{spec.image_size} px: draft vs full decode, mean |difference| per pixel on {len(diffs)} drafted "
+                  f"photos: median {np.median(diffs):.4f}, max {max(diffs):.4f} (pixels in 0..1)")
+    print("\nall passes (wall s, CPU s):", {k: [(round(w, 3), round(c, 3)) for w, c in v] for k, v in runs.items()})
     return 0
 
 

@@ -106,6 +106,14 @@ def test_truncated_jpeg_accepted_only_when_asked(bad):
         open_rgb(bad / "truncated.jpg")
 
 
+def test_truncated_png_is_rejected_too(good, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "n.png")
+    data = (tmp_path / "n.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    check = check_file(tmp_path / "cut.png")
+    assert not check.ok and "truncated" in check.reason
+
+
 def test_max_pixels_is_configurable(good):
     with pytest.raises(ImageDecodeError, match="max_pixels 1000"):
         open_rgb(good / "rgb.jpg", max_pixels=1000)

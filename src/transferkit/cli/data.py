@@ -21,7 +21,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print everything as JSON (every bad file, every duplicate)"),
     label_by: str = typer.Option("breed", "--label-by", help="Oxford-IIIT Pets: breed (37 classes) or species"),
     allow_truncated: bool = typer.Option(False, "--allow-truncated", help="keep truncated JPEGs instead of rejecting them"),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="reject larger images (decompression-bomb guard)"),
+    max_pixels: int = typer.Option(None, "--max-pixels", min=0,
+                                   help="reject larger images (decompression-bomb guard; default about 179 MP, 0 = off)"),
     workers: int = typer.Option(None, "--workers", help="processes for the verify pass (default: all cores)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="decode every file again, ignoring the verify cache"),
     val: float = typer.Option(0.15, "--val", help="validation fraction for the split shown"),
@@ -40,7 +41,7 @@ def inspect(
         layout,
         label_by=label_by,
         allow_truncated=allow_truncated,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None),
         workers=workers,
         cache=not no_cache,
     )

