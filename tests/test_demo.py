@@ -159,3 +159,44 @@ def test_demo_uses_debian_fashion_mnist_offline_and_says_why(tmp_path, monkeypat
     assert result.dataset["name"] == "fashion-mnist" and result.dataset["classes"] == 10
     assert any("dataset-fashion-mnist" in line and "TRANSFERKIT_OFFLINE" in line for line in lines)
     assert result.steps["transfer"].status == "ok"
+
+
+def test_finetune_step_gives_the_numbers_of_the_separate_call(tiny_image_folder, tmp_path):
+    from transferkit.demo import finetune_train_config
+    from transferkit.train import train
+
+    config = _demo_config(tiny_image_folder, tmp_path / "demo", finetune_epochs=2, time_budget_s=1e6)
+    result = run_demo(config, steps=("transfer", "finetune"), write_report=False)
+    step = result.steps["finetune"]
+    assert step.status == "ok", step.message
+    separate = train(finetune_train_config(result.config, tiny_image_folder, tmp_path / "sep"))
+    assert step.data["accuracy"] == separate.metrics["accuracy"]
+    assert step.data["confusion_matrix"] == separate.evaluation.confusion.tolist()
+    assert [h.get("val_acc") for h in step.data["history"]] == [
+        None if h.get("val_acc") is None else round(h["val_acc"], 4) for h in separate.metrics["history"]]
+
+
+def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, tmp_path, monkeypatch):
+    """`transferkit train --mode finetune` with the flags the report prints builds the demo's TrainConfig."""
+    import transferkit.train as train_module
+    from transferkit.cli.main import main
+    from transferkit.demo import FINETUNE_CLI_FLAGS, finetune_options, finetune_train_config
+
+    seen = []
+
+    class _Stop(BaseException):  # main() turns any Exception into exit code 1
+        pass
+
+    def fake_train(config, **kwargs):
+        seen.append(config)
+        raise _Stop
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    config = DemoConfig(data=str(tiny_image_folder), seed=4)
+    flags = [str(x) for k, v in finetune_options(config).items() for x in (FINETUNE_CLI_FLAGS[k], v)]
+    with pytest.raises(_Stop):
+        main(["train", str(tiny_image_folder), "--mode", "finetune", *flags, "--seed", "4", "--out", str(tmp_path / "m"), "--no-report"])
+    expected = finetune_train_config(config, tiny_image_folder, tmp_path / "m")
+    got = seen[0]
+    assert (got.mode, got.seed, got.backbone, got.weights, got.options) == (expected.mode, expected.seed, expected.backbone,
+                                                                             expected.weights, expected.options)

@@ -379,12 +379,23 @@ def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
                     f"--out {ctx.out / 'model'} --no-report")
 
 
-def finetune_config(config: DemoConfig):
-    """The fine-tuning settings of the demo: the cached-trunk CPU strategy (top 3 groups train on
-    stored activations of augmented views), LP-FT head initialisation, as ``--mode auto`` picks on CPU."""
-    from transferkit.finetune import auto_finetune_config
+FINETUNE_CLI_FLAGS = {"epochs": "--epochs", "head_epochs": "--head-epochs", "strategy": "--strategy",
+                      "unfreeze": "--unfreeze", "lr": "--lr", "augment": "--augment"}
 
-    return auto_finetune_config("cpu", epochs=config.finetune_epochs, seed=config.seed, cached_views=2)
+
+def finetune_options(config: DemoConfig) -> dict[str, Any]:
+    """The fine-tuning settings of the demo, all expressible as `transferkit train --mode finetune` flags:
+    the CPU choice of ``--mode auto`` (top 3 layer groups trained on cached trunk activations of
+    augmented views, LP-FT head initialisation, frozen BatchNorm), with fewer epochs."""
+    return {"epochs": config.finetune_epochs, "head_epochs": 0, "strategy": "cached", "unfreeze": 3, "lr": 2e-3,
+            "augment": "light"}
+
+
+def finetune_train_config(config: DemoConfig, data_path: str | Path, out_dir: str | Path):
+    """The TrainConfig of the fine-tuning step, the one `transferkit train DATA --mode finetune ...` builds."""
+    from dataclasses import replace
+
+    return replace(transfer_train_config(config, data_path, out_dir), mode="finetune", options=finetune_options(config))
 
 
 def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
@@ -393,12 +404,18 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
         step.status, step.message = "skipped", "--quick skips fine-tuning"
         return
     if ctx.transfer is None or ctx.imageset is None:
-        step.status, step.message = "skipped", "the transfer step did not produce a dataset to fine-tune on"
+        step.status, step.message = "skipped", "the transfer step did not produce a model to compare with"
         return
+    from transferkit.finetune import FinetuneConfig
+
+    images = ctx.transfer.metrics.get("images") or {}
+    n_train = int(images.get("train", len(ctx.imageset)))
+    n_eval = len(ctx.imageset) - n_train
     per_image = ctx.transfer.timings.get("features", 0.0) / max(1, len(ctx.imageset))
-    # Cached fine-tuning decodes and runs the trunk once per view, then trains the top blocks:
-    # about (views + 1) feature passes over the training images, plus the epochs on the top.
-    estimate = per_image * len(ctx.imageset) * 4 + 30.0
+    views = FinetuneConfig().cached_views
+    # The cached strategy runs the frozen trunk once per augmented view of each training image
+    # (eager PyTorch: about twice the probe's per-image cost), then trains the top blocks cheaply.
+    estimate = per_image * (2 * views * n_train + 2 * n_eval) + 20.0
     left = cfg.time_budget_s - ctx.elapsed()
     step.data["estimate_seconds"] = round(estimate, 1)
     step.data["budget_left_seconds"] = round(left, 1)
@@ -407,26 +424,27 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
         step.message = (f"about {estimate:.0f} s needed, {left:.0f} s of the {cfg.time_budget_s:.0f} s budget left; "
                         "rerun with a larger --time-budget or fewer --max-images")
         return
-    from transferkit.data import load_images, split_imageset
-    from transferkit.evaluate import evaluate_model
-    from transferkit.finetune import finetune
+    from transferkit.train import train
 
-    ft_config = finetune_config(cfg)
-    images = split_imageset(load_images(ctx.data_path), seed=cfg.seed)
-    model, history = finetune(images, ft_config, backbone=cfg.backbone, weights=cfg.weights)
-    test = images.where_split("test") if "test" in images.split else images.where_split("val")
-    ev = evaluate_model(model, test, engine="torch")
+    result = train(finetune_train_config(cfg, ctx.data_path, ctx.out / "model-finetuned"))
+    metrics = result.metrics
+    ev = result.evaluation
     step.data.update({
-        "accuracy": ev.metrics["accuracy"],
+        "accuracy": metrics.get("accuracy"),
+        "split": metrics.get("split"),
         "probe_accuracy": ctx.transfer.metrics.get("accuracy"),
-        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in history],
-        "config": asdict(ft_config),
+        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in metrics.get("history", [])],
+        "options": finetune_options(cfg),
+        "confusion_matrix": ev.confusion.tolist() if ev is not None else None,
+        "timings": metrics.get("timings"),
     })
-    from transferkit.report import confusion_matrix_png
+    if ev is not None:
+        from transferkit.report import confusion_matrix_png
 
-    step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
-    step.command = (f"transferkit train {ctx.data_path} --mode finetune --backbone {cfg.backbone} --seed {cfg.seed} "
-                    f"--epochs {cfg.finetune_epochs}")
+        step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
+    flags = " ".join(f"{FINETUNE_CLI_FLAGS[k]} {v}" for k, v in finetune_options(cfg).items())
+    step.command = (f"transferkit train {ctx.data_path} --mode finetune {flags} --backbone {cfg.backbone} "
+                    f"--seed {cfg.seed} --out {ctx.out / 'model-finetuned'} --no-report")
 
 
 def _cat_photo() -> Path | None:

@@ -99,14 +99,21 @@ def _section_transfer(step: StepOutcome) -> str:
 
 def _section_finetune(step: StepOutcome) -> str:
     d = step.data
+
+    def cell(h: dict, key: str, pct: bool) -> str:
+        v = h.get(key)
+        return "" if v is None else (_pct(v) if pct else f"{float(v):.4f}")
+
     rows = "".join(
-        f"<tr><td>{_e(h.get('epoch'))}</td><td>{_e(h.get('stage'))}</td><td class=\"num\">{_e(h.get('train_loss'))}</td>"
-        f"<td class=\"num\">{_pct(h.get('val_accuracy')) if h.get('val_accuracy') is not None else ''}</td></tr>"
+        f"<tr><td>{_e(h.get('epoch'))}</td><td>{_e(h.get('stage', ''))}</td><td class=\"num\">{cell(h, 'train_loss', False)}</td>"
+        f"<td class=\"num\">{cell(h, 'train_acc', True)}</td><td class=\"num\">{cell(h, 'val_acc', True)}</td></tr>"
         for h in d.get("history", [])
     )
     return (
-        f"<p>Fine-tuned accuracy <b data-metric=\"finetune-accuracy\">{_pct(d.get('accuracy'))}</b> against the probe's {_pct(d.get('probe_accuracy'))} on the same held-out images.</p>"
-        f"<table><tr><th>epoch</th><th>stage</th><th>train loss</th><th>val accuracy</th></tr>{rows}</table>"
+        f"<p>Fine-tuned accuracy <b data-metric=\"finetune-accuracy\">{_pct(d.get('accuracy'))}</b> against the probe's "
+        f"{_pct(d.get('probe_accuracy'))} on the same held-out images. Settings: <code>{_e(json.dumps(d.get('options', {})))}</code> "
+        "(the top layer groups train on stored activations of augmented views; the head starts from the probe).</p>"
+        f"<table><tr><th>epoch</th><th>stage</th><th>train loss</th><th>train accuracy</th><th>val accuracy</th></tr>{rows}</table>"
         f'<div class="wide">{_card(step, "confusion", "confusion matrix after fine-tuning")}</div>'
     )
 
