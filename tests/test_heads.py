@@ -44,14 +44,27 @@ def test_module_reproduces_probabilities(name):
 
 
 def test_logistic_chooses_C_on_validation_data():
-    X, y = _blobs(sep=0.6, dim=40, seed=3)  # overlapping classes: the choice of C matters
-    Xv, yv = _blobs(sep=0.6, dim=40, seed=4)
-    head = LogisticHead(Cs=(1e-4, 1e-2, 1.0, 100.0)).fit(X, y, Xv, yv)
-    assert set(head.val_scores_) == {1e-4, 1e-2, 1.0, 100.0}
-    best = max(head.val_scores_.values())
-    assert head.val_scores_[head.C_] == best
+    X_all, y_all = _blobs((80, 80, 80), sep=0.5, dim=40, seed=3)  # overlapping classes: C matters
+    X, y, Xv, yv = X_all[::2], y_all[::2], X_all[1::2], y_all[1::2]
+    grid = (1e-4, 1e-2, 1.0, 100.0)
+    head = LogisticHead(Cs=grid).fit(X, y, Xv, yv)
+    assert set(head.val_log_loss_) == set(grid)
+    assert head.val_log_loss_[head.C_] == min(head.val_log_loss_.values())
+    by_accuracy = LogisticHead(Cs=grid, scoring="accuracy").fit(X, y, Xv, yv)
+    assert by_accuracy.val_scores_[by_accuracy.C_] == max(by_accuracy.val_scores_.values())
+    # The choice really depends on the validation data: labels shuffled -> strongest regularisation wins.
+    shuffled = LogisticHead(Cs=grid).fit(X, y, Xv, np.random.default_rng(0).permutation(yv))
+    assert shuffled.C_ == 1e-4 and head.C_ != 1e-4
     fixed = LogisticHead(C=0.5).fit(X, y)
     assert fixed.C_ == 0.5 and fixed.val_scores_ == {}
+
+
+def test_logistic_without_validation_data_uses_folds():
+    X, y = _blobs(sep=0.6, dim=40, seed=3)
+    head = LogisticHead(Cs=(1e-3, 1e-1), cv=3).fit(X, y)
+    assert head.C_ in (1e-3, 1e-1) and 0.0 < head.val_log_loss_[head.C_] < np.log(3)
+    with pytest.raises(HeadError, match="scoring"):
+        LogisticHead(scoring="f2").fit(X, y)
 
 
 def test_binary_logistic_has_two_outputs():

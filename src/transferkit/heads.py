@@ -62,6 +62,31 @@ def _class_weight_array(class_weight, classes: np.ndarray, y: np.ndarray) -> np.
     raise HeadError(f"class_weight {class_weight!r} is not understood; use None, 'balanced' or a dict")
 
 
+def _log_loss(proba: np.ndarray, y_index: np.ndarray, sample_weight=None) -> float:
+    p = np.clip(proba[np.arange(len(y_index)), y_index], 1e-12, 1.0)
+    return float(np.average(-np.log(p), weights=sample_weight))
+
+
+def _stratified_folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to ``k`` stratified (train, validation) index pairs; fewer when classes are tiny."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(np.searchsorted(np.unique(y), y))
+    k = int(min(k, counts.max()))
+    if k < 2:
+        return []
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold_of[idx] = np.arange(len(idx)) % k
+    out = []
+    for f in range(k):
+        va = np.flatnonzero(fold_of == f)
+        tr = np.flatnonzero(fold_of != f)
+        if len(va) and len(np.unique(y[tr])) >= 2:
+            out.append((tr, va))
+    return out
+
+
 def _holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation indices; every class keeps at least one training sample."""
     rng = np.random.default_rng(seed)
@@ -183,19 +208,24 @@ class LogisticHead(_FeatureHead):
         C: inverse L2 strength; ``None`` chooses it from ``Cs`` on validation data.
         Cs: the grid searched when ``C`` is ``None``.
         class_weight: ``None``, ``"balanced"`` or ``{class: weight}``.
-        val_fraction: share of the training data held out to choose ``C`` when no validation data
-            is passed to :meth:`fit`.
-        refit: after choosing ``C``, fit again on train + validation.
+        cv: when no validation data is passed to :meth:`fit`, ``C`` is chosen on this many
+            stratified folds of the training data.
+        scoring: what ``C`` minimises / maximises on validation data: ``"log_loss"`` (smooth, so a
+            few lucky images do not decide it; also gives calibrated probabilities) or
+            ``"accuracy"`` (ties broken by log loss).
+        refit: after choosing ``C`` on separate validation data, fit again on train + validation
+            (else on train only).
         max_iter: L-BFGS iterations.
         random_state: seed of the held-out split.
     """
 
-    def __init__(self, *, C: float | None = None, Cs=DEFAULT_CS, class_weight=None, val_fraction: float = 0.2,
-                 refit: bool = True, max_iter: int = 1000, random_state: int = 0) -> None:
+    def __init__(self, *, C: float | None = None, Cs=DEFAULT_CS, class_weight=None, cv: int = 5,
+                 scoring: str = "log_loss", refit: bool = True, max_iter: int = 1000, random_state: int = 0) -> None:
         self.C = C
         self.Cs = Cs
         self.class_weight = class_weight
-        self.val_fraction = val_fraction
+        self.cv = cv
+        self.scoring = scoring
         self.refit = refit
         self.max_iter = max_iter
         self.random_state = random_state
@@ -204,6 +234,30 @@ class LogisticHead(_FeatureHead):
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(C=C, max_iter=self.max_iter, tol=1e-4, class_weight=self.class_weight)
+
+    def _path_scores(self, X_tr, y_tr, X_va, y_va, correct: dict, loss: dict) -> tuple[np.ndarray, float]:
+        """Add (weighted) correct counts and log losses on one validation split for every C."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        self._standardize_fit(X_tr)
+        Xs_tr, Xs_va = self._standardize(X_tr), self._standardize(X_va)
+        w_cls = _class_weight_array(self.class_weight, np.unique(y_tr), y_tr)
+        known = np.isin(y_va, np.unique(y_tr))
+        Xs_va, y_va = Xs_va[known], y_va[known]
+        # Weighted by class when class weights are set: choose C for the metric that matters.
+        sample_w = w_cls[np.searchsorted(np.unique(y_tr), y_va)]
+        # Along the regularisation path, from strong to weak, each fit starting from the last
+        # solution (warm start): a few L-BFGS steps per C instead of a cold start each time.
+        lr = self._lr(1.0)
+        lr.set_params(warm_start=True)
+        for C in sorted(float(c) for c in self.Cs):
+            lr.set_params(C=C)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                lr.fit(Xs_tr, y_tr)
+            correct[C] += float(((lr.predict(Xs_va) == y_va) * sample_w).sum())
+            loss[C] += _log_loss(lr.predict_proba(Xs_va), np.searchsorted(lr.classes_, y_va), sample_w) * float(sample_w.sum())
+        return sample_w, float(sample_w.sum())
 
     def fit(self, X, y, X_val=None, y_val=None) -> "LogisticHead":
         """Fit; ``X_val``/``y_val`` choose ``C`` (else a stratified hold-out of ``X``)."""
@@ -218,38 +272,37 @@ class LogisticHead(_FeatureHead):
         if X_val is not None:
             X_val, y_val = _check_X_y(X_val, y_val)
         self.val_scores_: dict[float, float] = {}
+        self.val_log_loss_: dict[float, float] = {}
         if self.C is not None:
             best_C = float(self.C)
         else:
-            if X_val is None or len(X_val) == 0:
-                tr, va = _holdout(y, self.val_fraction, self.random_state)
-                if len(va) == 0:
-                    raise HeadError("too few training images to choose C on held-out data; pass C explicitly")
-                X_tr, y_tr, X_va, y_va = X[tr], y[tr], X[va], y[va]
+            if X_val is not None and len(X_val):
+                splits = [(X, y, X_val, y_val)]
             else:
-                X_tr, y_tr, X_va, y_va = X, y, X_val, y_val
-            self._standardize_fit(X_tr)
-            Xs_tr, Xs_va = self._standardize(X_tr), self._standardize(X_va)
-            w_va = _class_weight_array(self.class_weight, self.classes_, y_tr)
-            sample_w = w_va[np.searchsorted(self.classes_, y_va)] if np.isin(y_va, self.classes_).all() else None
-            # Along the regularisation path, from strong to weak, each fit starting from the last
-            # solution (warm start): a few L-BFGS steps per C instead of a cold start each time.
-            lr = self._lr(1.0)
-            lr.set_params(warm_start=True)
-            for C in sorted(float(c) for c in self.Cs):
-                lr.set_params(C=C)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    lr.fit(Xs_tr, y_tr)
-                # Weighted accuracy when class weights are set: choose C for the metric that matters.
-                self.val_scores_[C] = float(lr.score(Xs_va, y_va, sample_weight=sample_w))
-            best = max(self.val_scores_.values())
-            # Ties go to the strongest regularisation (smallest C): the safer choice.
-            best_C = min(c for c, s in self.val_scores_.items() if s >= best - 1e-12)
+                # No validation data given: stratified folds of the training data, so the choice
+                # does not hinge on a handful of held-out images.
+                folds = _stratified_folds(y, self.cv, self.random_state)
+                if not folds:
+                    raise HeadError("too few training images to choose C on held-out data; pass C explicitly")
+                splits = [(X[tr], y[tr], X[va], y[va]) for tr, va in folds]
+            correct = {float(c): 0.0 for c in self.Cs}
+            loss = {float(c): 0.0 for c in self.Cs}
+            total = 0.0
+            for X_tr, y_tr, X_va, y_va in splits:
+                w, n = self._path_scores(X_tr, y_tr, X_va, y_va, correct, loss)
+                total += n
+            self.val_scores_ = {c: correct[c] / total for c in sorted(correct)}
+            self.val_log_loss_ = {c: loss[c] / total for c in sorted(loss)}
+            if self.scoring == "log_loss":
+                best_C = min(self.val_log_loss_, key=lambda c: (self.val_log_loss_[c], c))
+            elif self.scoring == "accuracy":
+                best = max(self.val_scores_.values())
+                # Ties (common with few validation images) go to the lower validation log loss.
+                best_C = min((c for c, v in self.val_scores_.items() if v >= best - 1e-12), key=lambda c: (self.val_log_loss_[c], c))
+            else:
+                raise HeadError(f"scoring {self.scoring!r} is not understood; use 'log_loss' or 'accuracy'")
             if self.refit and X_val is not None and len(X_val):
                 X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
-            elif not self.refit:
-                X, y = X_tr, y_tr
         self._standardize_fit(X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
