@@ -464,8 +464,7 @@ def _step_featuremaps(ctx: _Context, step: StepOutcome) -> None:
         step.status, step.message = "skipped", "no cat photo: install scikit-image (it ships chelsea, a tabby cat)"
         return
     model = ctx.imagenet_backbone()
-    layers = fm.default_layers(model) if hasattr(fm, "default_layers") else None
-    grids = fm.feature_map_grids(model, photo, layers=layers)
+    grids = fm.feature_map_grids(model, photo, layers=fm.default_layers(model))
     for name, (png, info) in grids.items():
         step.images[f"layer_{name}"] = png
         step.data.setdefault("layers", []).append({"layer": name, **info})

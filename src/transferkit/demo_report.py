@@ -24,7 +24,7 @@ h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
 .gallery{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-.card{font-size:12px;max-width:240px}.card img{display:block;max-width:240px;image-rendering:auto}
+.card{font-size:12px;max-width:300px}.card img{display:block;max-width:300px;image-rendering:auto}
 .wide img{max-width:560px}.status{font-weight:bold;padding:1px 6px;border-radius:3px}
 .ok{background:#dff5df}.skipped{background:#fff3cd}.failed{background:#f8d7da}
 code,pre{background:#f6f6f6;font-size:12px}pre{padding:8px;overflow-x:auto;white-space:pre-wrap}
@@ -122,7 +122,9 @@ def _section_featuremaps(step: StepOutcome) -> str:
     cards = [_card(step, "photo", "the input photo")]
     for layer in step.data.get("layers", []):
         name = layer.get("layer")
-        cards.append(_card(step, f"layer_{name}", f"layer <code>{_e(name)}</code>: {_e(layer.get('description', ''))}"))
+        shape = "x".join(str(v) for v in layer.get("shape", []))
+        caption = f"layer <code>{_e(name)}</code> ({_e(layer.get('role', ''))}, {_e(shape)}): the {len(layer.get('channels', []))} most active channels"
+        cards.append(_card(step, f"layer_{name}", caption))
     return "<p>The most active channels of an early, a middle and a late layer: edges and colours first, parts of the cat later.</p>" \
            f"<div class=\"gallery\">{''.join(cards)}</div>"
 
