@@ -143,7 +143,7 @@ def part_accuracy(train, test, args) -> dict:
 
     cfg = FinetuneConfig(strategy="cached", unfreeze=args.unfreeze, cached_views=args.views, epochs=args.epochs, head_epochs=0,
                          lr=args.lr, layer_decay=0.7, weight_decay=0.05, label_smoothing=0.1, augment=args.augment,
-                         batch_size=32, patience=None, seed=0)
+                         batch_size=32, patience=None, seed=0, checkpoint_dir=args.cache_dir)
     t0 = time.perf_counter()
     model, history = finetune(train, cfg, val=test)
     total = time.perf_counter() - t0
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--augment", default="standard")
     ap.add_argument("--out", default="benchmarks/results/finetune.json")
+    ap.add_argument("--cache-dir", default=None, help="keep the trunk activations here (reused by runs with other lr/epochs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train, test = _split(args.data)

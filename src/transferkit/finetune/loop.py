@@ -121,6 +121,17 @@ def _config_fingerprint(config: FinetuneConfig, train: ImageSet, backbone_spec) 
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# The config fields that change the cached trunk activations (others, e.g. lr or epochs, do not).
+_TRUNK_CACHE_FIELDS = ("strategy", "unfreeze", "cached_views", "augment", "auto_augment", "image_size", "seed")
+
+
+def _trunk_cache_key(config: FinetuneConfig, train: ImageSet, backbone_spec) -> str:
+    d = {k: getattr(config, k) for k in _TRUNK_CACHE_FIELDS}
+    d["images"] = [str(p) for p in train.paths]
+    d["backbone"] = backbone_spec.cache_key_fields()
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _batched(n: int, batch: int):
     for i in range(0, n, batch):
         yield slice(i, min(n, i + batch))
@@ -235,7 +246,7 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
         # expensive part (the key covers config, images and backbone).
         cache_file = None
         if config.checkpoint_dir:
-            cache_file = Path(config.checkpoint_dir) / f"trunk-{_config_fingerprint(config, train, spec)[:16]}.pt"
+            cache_file = Path(config.checkpoint_dir) / f"trunk-{_trunk_cache_key(config, train, spec)[:16]}.pt"
         if cache_file is not None and cache_file.is_file():
             acts = load_checkpoint(cache_file)["activations"]
             log.info("loaded cached trunk activations from %s", cache_file)
