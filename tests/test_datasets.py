@@ -330,3 +330,31 @@ def test_unknown_dataset_name_suggests_close_match(tmp_path):
 def test_offline_env_answers_without_a_lookup(monkeypatch):
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
     assert "offline" in resolve.unreachable_reason("example.invalid")
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_download_fashion_from_debian_then_path_and_list(fake_fashion, monkeypatch, capsys):
+    from transferkit.cli.main import main
+
+    monkeypatch.setattr(fashion_mnist, "debian_source", lambda: fake_fashion)
+    assert main(["datasets", "path", "fashion-mnist"]) == 1
+    assert "datasets download fashion-mnist" in capsys.readouterr().err
+    assert main(["datasets", "download", "fashion-mnist"]) == 0
+    assert "ready in" in capsys.readouterr().out
+    assert main(["datasets", "path", "fashion-mnist"]) == 0
+    where = Path(capsys.readouterr().out.strip().replace("\n", ""))
+    assert (where / "train" / "Trouser").is_dir()
+    assert main(["datasets", "list", "--format", "json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {"oxford-pets", "petimages", "fashion-mnist"} and listed["fashion-mnist"]["cached"]
+
+
+def test_cli_download_offline_is_one_clear_line(monkeypatch, capsys):
+    from transferkit.cli.main import main
+
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    assert main(["datasets", "download", "oxford-pets"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot download oxford-pets" in err and "offline" in err

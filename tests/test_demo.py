@@ -200,3 +200,18 @@ def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, 
     got = seen[0]
     assert (got.mode, got.seed, got.backbone, got.weights, got.options) == (expected.mode, expected.seed, expected.backbone,
                                                                              expected.weights, expected.options)
+
+
+def test_attack_prefers_a_dog_photo_from_the_dataset(tmp_path):
+    from transferkit.data.imageset import DataReport, ImageSet
+    from transferkit.demo import _Context, _dog_in_dataset
+
+    ctx = _Context(DemoConfig(), tmp_path, lambda line: None)
+    ctx.imageset = ImageSet(paths=[tmp_path / "a.jpg", tmp_path / "b.jpg"], labels=[0, 1], class_names=["cat", "dog"])
+    assert _dog_in_dataset(ctx) == tmp_path / "b.jpg"
+    # Oxford-IIIT Pet: breeds in lower case are dogs.
+    ctx.imageset = ImageSet(paths=[tmp_path / "Bengal_1.jpg", tmp_path / "pug_1.jpg"], labels=[0, 1],
+                            class_names=["Bengal", "pug"], report=DataReport(format="oxford-pets"))
+    assert _dog_in_dataset(ctx) == tmp_path / "pug_1.jpg"
+    ctx.imageset = ImageSet(paths=[tmp_path / "x.png"], labels=[0], class_names=["Trouser"])
+    assert _dog_in_dataset(ctx) is None

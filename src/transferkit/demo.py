@@ -268,8 +268,9 @@ def _top(probs, names, k: int = 3) -> list[dict[str, Any]]:
 class _Context:
     """State shared between steps (the backbone, the dataset, the transfer model)."""
 
-    def __init__(self, config: DemoConfig, out: Path, notify: Callable[[str], None]) -> None:
+    def __init__(self, config: DemoConfig, out: Path, notify: Callable[[str], None], progress_factory=None) -> None:
         self.config = config
+        self.progress_factory = progress_factory
         self.out = out
         self.notify = notify
         self.started = time.perf_counter()
@@ -316,7 +317,8 @@ def _resolve_data(ctx: _Context) -> None:
     from transferkit.datasets import resolve_dataset
 
     cfg = ctx.config
-    ctx.resolved = resolve_dataset(data=cfg.data, dataset=cfg.dataset, fashion_sizes=cfg.fashion_sizes)
+    ctx.resolved = resolve_dataset(data=cfg.data, dataset=cfg.dataset, fashion_sizes=cfg.fashion_sizes,
+                                   progress_factory=ctx.progress_factory)
     ctx.notify(f"dataset: {ctx.resolved.name} at {ctx.resolved.path}\n  why: {ctx.resolved.reason}")
     full = load_images(ctx.resolved.path)
     capped = cap_imageset(full, cfg.max_images, cfg.seed)
@@ -501,7 +503,8 @@ def _dog_in_dataset(ctx: _Context) -> Path | None:
     if s is None:
         return None
     for c, name in enumerate(s.class_names):
-        is_dog = name.lower() in ("dog", "dogs") or (ctx.resolved is not None and ctx.resolved.name == "oxford-pets" and name[:1].islower())
+        oxford = s.report.format == "oxford-pets" or (ctx.resolved is not None and ctx.resolved.name == "oxford-pets")
+        is_dog = name.lower() in ("dog", "dogs") or (oxford and name[:1].islower())
         if is_dog:
             idx = [i for i in range(len(s)) if s.labels[i] == c]
             if idx:
@@ -607,6 +610,7 @@ def run_demo(
     notify: Callable[[str], None] | None = None,
     steps: tuple[str, ...] | None = None,
     write_report: bool = True,
+    progress_factory: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
 ) -> DemoResult:
     """Run the demo and write its HTML report into ``config.out``.
 
@@ -615,6 +619,7 @@ def run_demo(
         notify: called with one line of progress per event (the CLI prints them).
         steps: run only these steps (default: all, fine-tuning last); used by tests.
         write_report: write ``<out>/report.html`` and ``<out>/summary.json``.
+        progress_factory: file name -> download progress callback, when a dataset is downloaded.
 
     Returns:
         A :class:`DemoResult`; ``result.ok`` is False when a step failed.
@@ -629,7 +634,7 @@ def run_demo(
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     say = notify or (lambda line: log.info("%s", line))
-    ctx = _Context(cfg, out, say)
+    ctx = _Context(cfg, out, say, progress_factory)
     result = DemoResult(config=cfg, machine=machine_info())
     wanted = [k for k in RUN_ORDER if steps is None or k in steps]
     if any(k in wanted for k in ("transfer", "finetune", "robustness")):

@@ -41,7 +41,21 @@ def demo(
     config = DemoConfig(data=str(data) if data else None, dataset=dataset, out=str(out), quick=quick, backbone=backbone,
                         weights=weights, seed=seed, max_images=max_images, time_budget_s=time_budget)
     # Progress goes to stderr so that stdout holds only the summary (a table, or JSON for scripts).
-    result = run_demo(config, notify=lambda line: output.err_console.print(line, highlight=False), steps=wanted)
+    import contextlib
+
+    from transferkit.cli.datasets import download_progress
+
+    with contextlib.ExitStack() as stack:
+        factories: list = []
+
+        def progress_factory(name: str):
+            # The progress display starts only if a download happens (the offline path never shows it).
+            if not factories:
+                factories.append(stack.enter_context(download_progress()))
+            return factories[0](name)
+
+        result = run_demo(config, notify=lambda line: output.err_console.print(line, highlight=False), steps=wanted,
+                          progress_factory=progress_factory)
     if fmt == "json":
         output.print_json({**result.summary(), "report": str(result.report_path)})
     else:
