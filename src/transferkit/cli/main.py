@@ -72,6 +72,10 @@ def _register() -> None:
     app.command("predict")(predict)
     app.command("evaluate")(evaluate)
     app.add_typer(cache_app, name="cache")
+    from transferkit.cli.explain import dream, featuremaps
+
+    app.command("featuremaps")(featuremaps)
+    app.command("dream")(dream)
 
 
 _register()
