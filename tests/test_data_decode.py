@@ -131,3 +131,16 @@ def test_fast_draft_decode_stays_close_to_full_decode(tmp_path, tiny_backbone):
     assert fast.shape == full.shape == (3, 32, 32)
     assert float((fast - full).abs().max()) < 0.06
     assert 0.0 <= float(fast.min()) and float(fast.max()) <= 1.0
+
+
+def test_to_tensor01_is_bit_identical_to_the_torch_formula():
+    import torch
+
+    from transferkit.data.decode import to_tensor01
+
+    arr = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256
+    img = Image.fromarray(arr.astype(np.uint8))
+    reference = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255.0)
+    got = to_tensor01(img)
+    assert got.dtype == torch.float32 and got.shape == (3, 16, 16)
+    assert torch.equal(got, reference)  # every uint8 value maps to exactly the same float
