@@ -56,3 +56,14 @@ def test_inspect_bad_path_is_one_line_and_exit_1(tmp_path, capsys):
 def test_inspect_rejects_unknown_layout(tmp_path, capsys):
     _dataset(tmp_path / "ds")
     assert main(["data", "inspect", str(tmp_path / "ds"), "--format", "parquet"]) != 0
+
+
+def test_inspect_max_pixels_and_no_cache(tmp_path, capsys):
+    root = _dataset(tmp_path / "ds")
+    assert main(["data", "inspect", str(root), "--json", "--max-pixels", "1000"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"]["kept"] == 4  # only the four 40x24 photos are under 1000 pixels
+    (root / "b" / "bomb.png").unlink()  # with the guard off it would be decoded for real
+    assert main(["data", "inspect", str(root), "--json", "--max-pixels", "0", "--no-cache"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"]["kept"] == 21 and info["counts"]["rejected"] == 5 and info["cache_hits"] == 0

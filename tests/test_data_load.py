@@ -311,3 +311,23 @@ def test_broken_worker_pool_falls_back_to_inline(tmp_path, monkeypatch, caplog):
         s = load_images(tmp_path / "ds", workers=2, cache=False)
     assert len(s) == 40 and s.report.rejected == []
     assert any("worker processes failed" in m for m in caplog.messages)
+
+
+def test_layout_roots_given_one_level_down(tmp_path):
+    oxford = _oxford(tmp_path / "oxford")
+    s = load_images(oxford / "images")
+    assert s.report.format == "oxford-pets" and s.report.kept == 5
+    pets = tmp_path / "PetImages"
+    _jpeg(pets / "Cat" / "1.jpg")
+    _jpeg(pets / "Dog" / "1.jpg", (20, 20, 200))
+    assert load_images(pets).class_names == ["cat", "dog"]
+
+
+def test_format_given_explicitly_skips_detection(tmp_path):
+    _jpeg(tmp_path / "ds" / "train" / "cat.1.jpg")
+    _jpeg(tmp_path / "ds" / "train" / "dog.1.jpg")
+    as_kaggle = load_images(tmp_path / "ds", "kaggle")
+    assert as_kaggle.class_names == ["cat", "dog"] and as_kaggle.report.format_reason == "format given explicitly"
+    # As a folder layout, "train" is a split folder holding no class folders: nothing has a label.
+    with pytest.raises(DataError, match="not inside a class folder"):
+        load_images(tmp_path / "ds", "folder")
