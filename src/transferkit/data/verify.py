@@ -182,6 +182,14 @@ class VerifyCache:
             logger.warning("could not write verify cache %s: %s", self.file, exc)
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _pool_context():
     # Linux: fork. Workers start in milliseconds and never re-import ``__main__``, so scripts
     # without an ``if __name__ == "__main__"`` guard, notebooks and ``python -`` all work. The
@@ -245,7 +253,7 @@ def verify_files(
         else:
             todo.append(i)
     hits = sum(1 for i, k in enumerate(stat_keys) if k is not None) - len(todo)
-    n_workers = min(workers if workers is not None else (os.cpu_count() or 1), max(1, len(todo) // _CHUNK))
+    n_workers = min(workers if workers is not None else _usable_cores(), max(1, len(todo) // _CHUNK))
     if todo and (n_workers <= 1 or len(todo) < INLINE_THRESHOLD):
         n_workers = 1
         for i in todo:
