@@ -150,6 +150,9 @@ class OnnxEngine:
     """ONNX Runtime on the CPU, from a cached export checked against PyTorch."""
 
     name = "onnxruntime"
+    # ORT's memory arena keeps the largest batch's activations: batches of 32 cost about 700 MB for
+    # EfficientNet-Lite0, batches of 16 half that, at the same images/s on a CPU.
+    max_batch = 16
 
     def __init__(self, backbone: nn.Module, cache_dir: Path, *, threads: int | None = None) -> None:
         try:
@@ -185,7 +188,12 @@ class OnnxEngine:
         return diff
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if len(pixels) <= self.max_batch:
+            return self.session.run(None, {"pixels": pixels})[0]
+        return np.concatenate(
+            [self.session.run(None, {"pixels": pixels[i : i + self.max_batch]})[0] for i in range(0, len(pixels), self.max_batch)]
+        )
 
 
 def create_engine(backbone: nn.Module, engine: str = "auto", *, cache_dir: Path | None = None, device: str | None = None):
