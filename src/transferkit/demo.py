@@ -215,6 +215,9 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active spinning)"),
+        # Other work on the same cores changes every timing here: the load says how much there was.
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -664,6 +667,8 @@ def run_demo(
                           "images": len(ctx.imageset) if ctx.imageset is not None else 0,
                           "classes": ctx.imageset.num_classes if ctx.imageset is not None else 0}
     result.seconds = ctx.elapsed()
+    if hasattr(os, "getloadavg"):
+        result.machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if write_report:
         from transferkit.demo_report import write_demo_report
 

@@ -211,7 +211,8 @@ def render_demo_report(result: DemoResult) -> str:
 <body>
 <h1>transferkit demo</h1>
 <p class="note">Backbone {_e(cfg.backbone)}, seed {_e(cfg.seed)}; total {result.seconds:.0f} s on {_e(m.get('cpu_count'))} CPU cores
-({_e(m.get('platform'))}, torch {_e(m.get('torch'))}, {_e(m.get('torch_threads'))} threads).</p>
+({_e(m.get('platform'))}, torch {_e(m.get('torch'))}, {_e(m.get('torch_threads'))} threads, OMP_WAIT_POLICY {_e(m.get('omp_wait_policy'))};
+load average at start {_e(m.get('load_average_at_start'))}, at end {_e(m.get('load_average_at_end'))}).</p>
 {dataset_line}
 <section id="summary"><h2>Steps and time</h2>
 <table><tr><th>step</th><th>status</th><th>wall seconds</th><th>CPU seconds</th></tr>{timing_rows}</table>
