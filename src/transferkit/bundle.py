@@ -143,6 +143,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous tensors that share no storage; channels_last or views would fail.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
@@ -209,6 +215,7 @@ def save_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is meant to be shared
         files: dict[str, str] = {}
         save_file(_state_for_saving(model.head), str(tmp / HEAD_FILE))
         files[HEAD_FILE] = _sha256(tmp / HEAD_FILE)
@@ -233,6 +240,8 @@ def save_bundle(
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
         # Swap in atomically: move any old bundle aside, rename the new one, then delete the old.
         old = None
         if path.exists():
