@@ -258,12 +258,18 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
         train_module = TopNet(net, trainable, head)
         val_inputs = None
         if val is not None and len(val):
-            pix = _load_eval_pixels(val, spec)
-            with torch.no_grad():
-                val_inputs = torch.cat([
-                    trunk_forward(net, trunk, bb.normalize(pix[sl].to(device).float().div(255))).to("cpu", torch.float16)
-                    for sl in _batched(len(val), 64)
-                ])
+            val_file = cache_file.with_name(f"trunk-val-{_trunk_cache_key(config, val, spec)[:16]}.pt") if cache_file else None
+            if val_file is not None and val_file.is_file():
+                val_inputs = load_checkpoint(val_file)["activations"]
+            else:
+                pix = _load_eval_pixels(val, spec)
+                with torch.no_grad():
+                    val_inputs = torch.cat([
+                        trunk_forward(net, trunk, bb.normalize(pix[sl].to(device).float().div(255))).to("cpu", torch.float16)
+                        for sl in _batched(len(val), 64)
+                    ])
+                if val_file is not None and dist_info.is_main:
+                    save_checkpoint(val_file, {"activations": val_inputs})
         timings["cache_s"] = time.perf_counter() - t0
         if config.head_init == "probe":
             with torch.no_grad():
