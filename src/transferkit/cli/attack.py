@@ -267,7 +267,7 @@ def robustness_command(
     """Accuracy against eps (untargeted attacks) for a bundle or an ImageNet backbone, as a table and a plot."""
     import torch
 
-    from transferkit.attacks import plot_robustness, robustness_curve
+    from transferkit.attacks import format_eps, plot_robustness, robustness_curve
     from transferkit.data import load_images
     from transferkit.data.decode import ImageDecodeError, load_for_spec
 
@@ -328,7 +328,7 @@ def robustness_command(
     curve = robustness_curve(
         model, images01, label_tensor, eps_values, method=method, steps=steps, alpha=alpha_value, norm=norm,
         generator=torch.Generator().manual_seed(seed), batch_size=batch_size,
-        progress=(lambda e, k: output.info(f"  eps {e:.5g}: attacking {k} images ...")) if fmt == "table" else None,
+        progress=(lambda e, k: output.info(f"  eps {format_eps(e)}: attacking {k} images ...") if e > 0 else None) if fmt == "table" else None,
     )
     plot_path = plot or Path("robustness.png")
     plot_robustness([curve], plot_path, title=f"{description}: {method} ({norm}), {len(kept)} images")
