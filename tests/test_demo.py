@@ -215,3 +215,21 @@ def test_attack_prefers_a_dog_photo_from_the_dataset(tmp_path):
     assert _dog_in_dataset(ctx) == tmp_path / "pug_1.jpg"
     ctx.imageset = ImageSet(paths=[tmp_path / "x.png"], labels=[0], class_names=["Trouser"])
     assert _dog_in_dataset(ctx) is None
+
+
+def test_robustness_step_matches_the_robustness_command(tiny_image_folder, tmp_path, capsys):
+    """The demo's accuracy-against-eps numbers = `transferkit robustness` on the same bundle and images."""
+    import shlex
+
+    from transferkit.cli.main import main
+
+    common = ["--backbone", "test_efficientnet", "--weights", "none", "--seed", "1", "--format", "json"]
+    assert main(["demo", "--data", str(tiny_image_folder), "--steps", "transfer,robustness", "--out", str(tmp_path / "d"), *common]) == 0
+    step = json.loads(capsys.readouterr().out)["steps"]["robustness"]
+    assert step["status"] == "ok", step["message"]
+    command = shlex.split(step["command"])
+    assert command[:2] == ["transferkit", "robustness"]
+    assert main([*command[1:], "--plot", str(tmp_path / "r.png")]) == 0
+    separate = json.loads(capsys.readouterr().out)
+    assert separate["clean_accuracy"] == step["data"]["clean_accuracy"]
+    assert [p["accuracy"] for p in separate["points"]] == [p["accuracy"] for p in step["data"]["points"]]

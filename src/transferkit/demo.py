@@ -98,10 +98,10 @@ class DemoConfig:
     dream_size: int = 224
     attack_eps: float = 4 / 255
     attack_steps: int = 10
-    robustness_images: int = 64
+    robustness_images: int = 48
     robustness_eps: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
-    robustness_method: str = "fgsm"
-    robustness_steps: int | None = None
+    robustness_method: str = "pgd"
+    robustness_steps: int | None = 4
     engine: str = "auto"
     photos: int = 6
 
@@ -403,6 +403,19 @@ def finetune_train_config(config: DemoConfig, data_path: str | Path, out_dir: st
     return replace(transfer_train_config(config, data_path, out_dir), mode="finetune", options=finetune_options(config))
 
 
+def _forward_seconds_per_image(ctx: _Context, batch: int = 8) -> float:
+    """Wall seconds per image of one eager forward pass of the backbone, measured now (after a warm-up)."""
+    import torch
+
+    model = ctx.imagenet_backbone()
+    x = torch.rand(batch, *model.spec.input_size)
+    with torch.inference_mode():
+        model(x[:2])
+        t0 = time.perf_counter()
+        model(x)
+    return (time.perf_counter() - t0) / batch
+
+
 def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
     cfg = ctx.config
     if cfg.quick:
@@ -416,11 +429,15 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
     images = ctx.transfer.metrics.get("images") or {}
     n_train = int(images.get("train", len(ctx.imageset)))
     n_eval = len(ctx.imageset) - n_train
-    per_image = ctx.transfer.timings.get("features", 0.0) / max(1, len(ctx.imageset))
     views = FinetuneConfig().cached_views
-    # The cached strategy runs the frozen trunk once per augmented view of each training image
-    # (eager PyTorch: about twice the probe's per-image cost), then trains the top blocks cheaply.
-    estimate = per_image * (2 * views * n_train + 2 * n_eval) + 20.0
+    # The cached strategy decodes, augments and runs the frozen trunk once per view of each
+    # training image, then trains the top blocks on stored activations; evaluation runs the whole
+    # network once per held-out image. So the cost is about (views * train + eval) forward passes,
+    # priced by timing one eager forward pass on this machine now (cached features from an earlier
+    # run say nothing about it). The 1.5 is a rough allowance for decoding, augmenting and training
+    # the top blocks.
+    per_image = _forward_seconds_per_image(ctx)
+    estimate = 1.5 * per_image * (views * n_train + n_eval) + 10.0
     left = cfg.time_budget_s - ctx.elapsed()
     step.data["estimate_seconds"] = round(estimate, 1)
     step.data["budget_left_seconds"] = round(left, 1)
@@ -564,6 +581,7 @@ def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
     import torch
 
     from transferkit.attacks import plot_robustness, robustness_curve
+    from transferkit.data import load_images
     from transferkit.data.decode import load_for_spec
 
     cfg = ctx.config
@@ -575,25 +593,29 @@ def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
     split = s.split or ["test"] * len(s)
     pool = [i for i in range(len(s)) if split[i] == "test"] or list(range(len(s)))
     pool.sort(key=lambda i: _stable_key(cfg.seed, str(s.paths[i])))
-    chosen = sorted(pool[: cfg.robustness_images])
-    x = torch.stack([load_for_spec(s.paths[i], model.spec) for i in chosen])
-    y = torch.as_tensor(s.labels[chosen], dtype=torch.long)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    curve = robustness_curve(model, x, y, cfg.robustness_eps, method=cfg.robustness_method,
-                             steps=cfg.robustness_steps, generator=gen)
+    chosen = s.subset(sorted(pool[: cfg.robustness_images]))
+    # The attacked images go into a CSV and are read back from it, exactly as
+    # `transferkit robustness MODEL that.csv --limit 0` reads them: same images, same order, same batches.
+    images_csv = write_imageset_csv(chosen, ctx.out / "robustness_images.csv")
+    chosen = load_images(images_csv)
+    x = torch.stack([load_for_spec(p, model.spec) for p in chosen.paths])
+    y = torch.as_tensor([model.class_names.index(chosen.class_names[c]) for c in chosen.labels], dtype=torch.long)
+    batch_size = 16  # the robustness command's default: batch composition can move float results
+    curve = robustness_curve(model, x, y, cfg.robustness_eps, method=cfg.robustness_method, steps=cfg.robustness_steps,
+                             generator=torch.Generator().manual_seed(cfg.seed), batch_size=batch_size)
     label = lambda e: f"{e * 255:g}/255"  # noqa: E731 - whole 8-bit levels read better than decimals
     plot_path = ctx.out / "robustness.png"
-    plot_robustness([curve], plot_path, title=f"{cfg.robustness_method.upper()} on the transfer model")
+    plot_robustness([curve], plot_path, title=f"{cfg.robustness_method.upper()} on the transfer model, {len(chosen)} images")
     step.images["curve"] = plot_path.read_bytes()
     step.data = {
-        "images": len(chosen), "method": cfg.robustness_method, "steps": cfg.robustness_steps,
+        "images": len(chosen), "images_csv": str(images_csv), "method": cfg.robustness_method, "steps": cfg.robustness_steps,
         "clean_accuracy": curve.clean_accuracy,
         "points": [{"eps": label(p.eps), "accuracy": p.accuracy, "success_rate": p.success_rate} for p in curve.points],
     }
     eps_arg = ",".join(label(e) for e in cfg.robustness_eps)
     steps_arg = f" --steps {cfg.robustness_steps}" if cfg.robustness_steps else ""
-    step.command = (f"transferkit robustness {ctx.out / 'model'} <the same {len(chosen)} test images> --eps {eps_arg} "
-                    f"--method {cfg.robustness_method}{steps_arg}")
+    step.command = (f"transferkit robustness {ctx.out / 'model'} {images_csv} --limit 0 --eps {eps_arg} "
+                    f"--method {cfg.robustness_method}{steps_arg} --seed {cfg.seed} --format json")
 
 
 _STEPS: dict[str, Callable[[_Context, StepOutcome], None]] = {
