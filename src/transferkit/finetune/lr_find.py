@@ -87,7 +87,7 @@ def lr_find(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                avg = 0.9 * avg + 0.1 * float(loss)
+                avg = 0.9 * avg + 0.1 * float(loss.detach())
                 smoothed = avg / (1 - 0.9 ** (step + 1))  # bias-corrected moving average
                 lrs.append(start_lr * mult)
                 losses.append(smoothed)
