@@ -491,7 +491,8 @@ def _step_featuremaps(ctx: _Context, step: StepOutcome) -> None:
         step.images[f"layer_{name}"] = png
         step.data.setdefault("layers", []).append({"layer": name, **info})
     step.images["photo"] = thumbnail_png(photo, 224)
-    step.command = f"transferkit featuremaps {photo} --backbone {ctx.config.backbone} --layer <name>"
+    first = next(iter(grids), "")
+    step.command = f"transferkit featuremaps {photo} --backbone {ctx.config.backbone} --layer {first}"
 
 
 def _step_dream(ctx: _Context, step: StepOutcome) -> None:

@@ -24,7 +24,7 @@ h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
 .gallery{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-.card{font-size:12px;max-width:300px}.card img{display:block;max-width:300px;image-rendering:auto}
+.card{font-size:12px;max-width:264px}.card img{display:block;max-width:264px;image-rendering:auto}
 .wide img{max-width:560px}.status{font-weight:bold;padding:1px 6px;border-radius:3px}
 .ok{background:#dff5df}.skipped{background:#fff3cd}.failed{background:#f8d7da}
 code,pre{background:#f6f6f6;font-size:12px}pre{padding:8px;overflow-x:auto;white-space:pre-wrap}
