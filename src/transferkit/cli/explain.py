@@ -170,7 +170,7 @@ def dream(
         return
     rows = [(label, r.config.param, "on" if r.config.transforms else "off", f"{r.config.tv_weight:g}",
              f"{r.probability:.4f}", f"{r.tv:.4f}", f"{r.wall_seconds:.1f}") for (label, _), r in zip(configs, results)]
-    output.print_table(f"{name} (class {index})", ("image", "param", "transforms", "tv weight", "probability", "total variation", "seconds"), rows)
+    output.print_table(f"{name} (class {index})", ("image", "param", "transforms", "tv weight", "p(class)", "TV", "seconds"), rows)
     if len(results) == 2 and results[0].tv > 0:
         output.info(f"the noisy image has {results[1].tv / results[0].tv:.1f}x the total variation of the regularised one")
     output.info(f"wrote {out}" + (" (left: regularised, right: noisy)" if compare else "") + (f" and {gif}" if gif else ""))
