@@ -138,7 +138,7 @@ def part_accuracy(train, test, args) -> dict:
 
     cfg = FinetuneConfig(strategy="cached", unfreeze=args.unfreeze, cached_views=args.views, epochs=args.epochs, head_epochs=0,
                          lr=args.lr, layer_decay=0.7, weight_decay=0.05, label_smoothing=args.label_smoothing, augment=args.augment,
-                         batch_size=32, patience=None, seed=0, checkpoint_dir=args.cache_dir)
+                         batch_size=32, patience=None, seed=0, checkpoint_dir=args.cache_dir, probe_c=args.probe_c)
     t0 = time.perf_counter()
     model, history = finetune(train, cfg, val=test)
     total = time.perf_counter() - t0
@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--augment", default="standard")
     ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--probe-c", type=float, default=None, help="C of the probe head (default: 5-fold CV)")
     ap.add_argument("--out", default="benchmarks/results/finetune.json")
     ap.add_argument("--cache-dir", default=None, help="keep the trunk activations here (reused by runs with other lr/epochs)")
     args = ap.parse_args()

@@ -58,6 +58,8 @@ class FinetuneConfig:
             small data make batch statistics noisy).
         head_init: ``"probe"`` fits a logistic regression on frozen features first and starts the head
             from it (LP-FT); ``"random"`` starts from a zero-mean random head.
+        probe_c: inverse L2 strength of the probe head (``None`` = chosen by 5-fold cross-validated
+            log loss over 0.01-10, as the issue-4 probe does).
         balance: class imbalance: ``"none"``, ``"sampler"`` (weighted sampling) or ``"loss"`` (class
             weights in the loss).
         patience: early stopping after this many epochs without validation improvement (``None`` = off).
@@ -95,6 +97,7 @@ class FinetuneConfig:
     image_size: int | None = None
     freeze_bn_stats: bool = True
     head_init: str = "probe"
+    probe_c: float | None = None
     balance: str = "none"
     patience: int | None = 3
     device: str = "auto"

@@ -179,12 +179,21 @@ def _cache_trunk(run_model, groups, trunk, images: ImageSet, config: FinetuneCon
 
 
 @torch.no_grad()
-def _fit_probe_head(features: torch.Tensor, labels: np.ndarray, head: nn.Linear, num_classes: int, seed: int) -> None:
-    """LP-FT: start the head from a logistic regression fitted on frozen features."""
-    from sklearn.linear_model import LogisticRegression
+def _fit_probe_head(features: torch.Tensor, labels: np.ndarray, head: nn.Linear, num_classes: int, seed: int,
+                    C: float | None = None) -> None:
+    """LP-FT: start the head from a logistic regression fitted on frozen features.
+
+    ``C=None`` picks C by 5-fold cross-validated log loss (when every class has 5+ images).
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     X = features.float().numpy()
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    if C is None and np.bincount(labels).min() >= 5 and len(np.unique(labels)) > 1:
+        cv = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], cv=5, scoring="neg_log_loss", max_iter=2000,
+                                  random_state=seed)
+        C = float(np.ravel(cv.fit(X, labels).C_)[0])
+        log.info("probe head: C=%g chosen by 5-fold cross-validated log loss", C)
+    clf = LogisticRegression(C=1.0 if C is None else C, max_iter=2000, random_state=seed)
     clf.fit(X, labels)
     coef = np.zeros((num_classes, X.shape[1]), dtype=np.float32)
     bias = np.zeros(num_classes, dtype=np.float32)
@@ -277,7 +286,7 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
                     train_module.pool(_run_top(train_module, acts[0, sl].to(device).float())).flatten(1).cpu()
                     for sl in _batched(len(train), 64)
                 ])
-            _fit_probe_head(feats, train.labels, head, num_classes, config.seed)
+            _fit_probe_head(feats, train.labels, head, num_classes, config.seed, config.probe_c)
     else:
         train_data = AugmentedImages(
             train,
@@ -295,7 +304,7 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
             pix = _load_eval_pixels(train, spec)
             with torch.no_grad():
                 feats = torch.cat([bb.forward_features(pix[sl].to(device).float().div(255)).cpu() for sl in _batched(len(train), 64)])
-            _fit_probe_head(feats, train.labels, head, num_classes, config.seed)
+            _fit_probe_head(feats, train.labels, head, num_classes, config.seed, config.probe_c)
     timings["prepare_s"] = time.perf_counter() - t0
     head.to(device)
 
