@@ -100,6 +100,41 @@ def calibration_png(table: list[dict], ece: float) -> bytes:
     return _figure_png(fig)
 
 
+def _cached_png(cache_dir: Path | None, kind: str, inputs: Any, draw) -> bytes:
+    """``draw()``'s PNG, memoised on disk by its inputs when ``cache_dir`` is given.
+
+    Drawing is pure overhead on a rerun with the same numbers (most of it is importing
+    matplotlib); the cached bytes are the ones the first run drew.
+    """
+    if cache_dir is None:
+        return draw()
+    import hashlib
+    from importlib import metadata
+
+    from transferkit import __version__
+    from transferkit.bundle import _json_safe
+
+    try:
+        mpl = metadata.version("matplotlib")
+    except metadata.PackageNotFoundError:
+        mpl = ""
+    key = hashlib.sha256(json.dumps({"kind": kind, "inputs": _json_safe(inputs), "matplotlib": mpl, "transferkit": __version__},
+                                    sort_keys=True).encode()).hexdigest()
+    path = Path(cache_dir) / "report-png" / f"{key}.png"
+    try:
+        data = path.read_bytes()
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return data
+    except OSError:
+        pass
+    data = draw()
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        log.warning("could not cache %s (%s)", path, exc)
+    return data
+
+
 def _thumbnail_b64(path: str, size: int = 160) -> str | None:
     from transferkit.data.decode import ImageDecodeError, open_rgb
 
@@ -128,7 +163,7 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 
 
 def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transferkit evaluation",
-                 details: dict[str, Any] | None = None, gallery: int = 16) -> Path:
+                 details: dict[str, Any] | None = None, gallery: int = 16, png_cache: str | os.PathLike | None = None) -> Path:
     """Write ``metrics.json``, ``confusion_matrix.png``, ``calibration.png`` and ``report.html``.
 
     Args:
@@ -137,6 +172,7 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
         title: the page title.
         details: anything else to show (the training config, ...), JSON-able.
         gallery: how many of the most confidently wrong images to show.
+        png_cache: a folder to memoise the plots in, keyed by what they show (``None``: draw them).
 
     Returns:
         The path of ``report.html``.
@@ -147,9 +183,11 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     m = evaluation.metrics
     metrics_json = json.dumps(_json_safe({**m, "details": details or {}}), indent=2, sort_keys=True).encode()
     _atomic_write(out / "metrics.json", metrics_json)
-    cm_png = confusion_matrix_png(evaluation.confusion, evaluation.class_names)
+    cm_png = _cached_png(png_cache, "confusion", [evaluation.confusion, evaluation.class_names],
+                         lambda: confusion_matrix_png(evaluation.confusion, evaluation.class_names))
     _atomic_write(out / "confusion_matrix.png", cm_png)
-    cal_png = calibration_png(evaluation.calibration, m["ece"])
+    cal_png = _cached_png(png_cache, "calibration", [evaluation.calibration, m["ece"]],
+                          lambda: calibration_png(evaluation.calibration, m["ece"]))
     _atomic_write(out / "calibration.png", cal_png)
 
     e = html.escape

@@ -94,6 +94,49 @@ class TrainResult:
     evaluation: Any = None
 
 
+def _deferred_model_get(self):
+    model = self.__dict__.get("_model")
+    if isinstance(model, _DeferredModel):
+        model = self.__dict__["_model"] = model.build()
+    return model
+
+
+def _deferred_model_set(self, value) -> None:
+    self.__dict__["_model"] = value
+
+
+# ``TrainResult.model`` may be built on first access (a warm rerun never needs the network).
+TrainResult.model = property(_deferred_model_get, _deferred_model_set, doc=TrainResult.__doc__)  # type: ignore[assignment]
+
+
+def _build_backbone(config: TrainConfig):
+    from transferkit.backbones import create_backbone
+
+    return create_backbone(config.backbone, weights=config.weights, image_size=config.image_size, seed=config.seed)
+
+
+class _DeferredModel:
+    """A classifier whose backbone is built only when needed.
+
+    Has what :func:`~transferkit.bundle.save_bundle` reads of a pretrained model (``spec``,
+    ``head``, ``class_names``); :meth:`build` makes the real
+    :class:`~transferkit.bundle.ClassifierModel`, checking the weights are the ones remembered.
+    """
+
+    def __init__(self, config: TrainConfig, spec, head, class_names: list[str]) -> None:
+        self.config, self.spec, self.head, self.class_names = config, spec, head, list(class_names)
+
+    def build(self):
+        from transferkit.bundle import ClassifierModel
+
+        backbone = _build_backbone(self.config)
+        if backbone.spec != self.spec:
+            raise TransferkitError(
+                f"backbone {self.config.backbone} now resolves to other weights than the cached run used "
+                f"({backbone.spec.weights_sha256[:12]}... vs {self.spec.weights_sha256[:12]}...); run `transferkit cache clear`")
+        return ClassifierModel(backbone, self.head, self.class_names).eval()
+
+
 def _load_split(config: TrainConfig, imageset=None):
     from transferkit.data import load_images, split_imageset
 
@@ -124,29 +167,47 @@ def train_probe(
     Raises:
         DataError: no images, or a split without training images of at least 2 classes.
     """
-    from transferkit.backbones import create_backbone
+    from transferkit import probe_cache
     from transferkit.bundle import ClassifierModel, save_bundle
     from transferkit.evaluate import evaluate_probabilities, probabilities_from_features
-    from transferkit.features import FeatureCache, extract_features
-    from transferkit.heads import create_head
+    from transferkit.features import FeatureCache, cached_features, extract_features, model_cache_key
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     data = _load_split(config, imageset)
     timings["load_data"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    if backbone is None:
-        backbone = create_backbone(config.backbone, weights=config.weights, image_size=config.image_size, seed=config.seed)
-    timings["backbone"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     cache = FeatureCache() if config.cache else None
-    feats = extract_features(
-        data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
-        workers=config.workers, progress=progress, device=config.device,
-    )
-    timings["features"] = time.perf_counter() - t
+    spec = feats = None
+    if backbone is None and cache is not None:
+        # Warm rerun: when every feature is cached, the network itself is not needed (the bundle
+        # records only its spec and weights sha256), so it is built only if someone asks for it.
+        t = time.perf_counter()
+        remembered = probe_cache.lookup_backbone(cache.directory, config.backbone, config.weights, config.image_size, config.seed)
+        if remembered is not None:
+            spec, model_key = remembered
+            feats = cached_features(data.paths, spec, model_key, cache)
+        timings["backbone"] = time.perf_counter() - t
+        if feats is not None:
+            timings["features"], timings["backbone"] = timings["backbone"], 0.0
+            if progress is not None:
+                progress(len(data.paths), len(data.paths))
+    if feats is None:
+        t = time.perf_counter()
+        if backbone is None:
+            backbone = _build_backbone(config)
+        spec = backbone.spec
+        timings["backbone"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        feats = extract_features(
+            data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
+            workers=config.workers, progress=progress, device=config.device,
+        )
+        timings["features"] = time.perf_counter() - t
+        if cache is not None and spec.is_pretrained:
+            probe_cache.remember_backbone(cache.directory, config.backbone, config.weights, config.image_size, config.seed,
+                                          spec, feats.model_key or model_cache_key(backbone))
 
     split = np.array(data.split)
     ok = feats.ok
@@ -162,14 +223,31 @@ def train_probe(
     options.setdefault("random_state", config.seed)
     if config.head == "logistic" and config.C is not None:
         options.setdefault("C", config.C)
-    head = create_head(config.head, **options)
     X_val = X[idx["val"]] if len(idx["val"]) else None
     y_val = y[idx["val"]] if len(idx["val"]) else None
-    try:
-        head.fit(X[idx["train"]], y[idx["train"]], X_val, y_val)
-    except TransferkitError as exc:
-        raise DataError(f"cannot fit the head: {exc}") from None
-    model = ClassifierModel(backbone, head.expand_module(data.num_classes), data.class_names).eval()
+    head = head_module = head_key = None
+    if cache is not None:
+        head_key = probe_cache.head_cache_key(X[idx["train"]], y[idx["train"]], X_val, y_val, head=config.head,
+                                              options=options, num_classes=data.num_classes)
+        hit = probe_cache.load_head(cache.directory, head_key)
+        if hit is not None:
+            head = probe_cache.CachedHead(*hit)
+            head_module = head.module
+    if head is None:
+        from transferkit.heads import create_head
+
+        head = create_head(config.head, **options)
+        try:
+            head.fit(X[idx["train"]], y[idx["train"]], X_val, y_val)
+        except TransferkitError as exc:
+            raise DataError(f"cannot fit the head: {exc}") from None
+        head_module = head.expand_module(data.num_classes)
+        if head_key is not None:
+            probe_cache.save_head(cache.directory, head_key, head_module, {"C": head.C_} if hasattr(head, "C_") else {})
+    if backbone is not None:
+        model = ClassifierModel(backbone, head_module, data.class_names).eval()
+    else:
+        model = _DeferredModel(config, spec, head_module.eval(), data.class_names)
     timings["head"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -177,7 +255,7 @@ def train_probe(
     metrics: dict[str, Any] = {}
     if held_out:
         sel = idx[held_out]
-        probs = probabilities_from_features(model.head, X[sel])
+        probs = probabilities_from_features(head_module, X[sel])
         evaluation = evaluate_probabilities(probs, y[sel], data.class_names, paths=[str(data.paths[i]) for i in sel])
         metrics = dict(evaluation.metrics)
         metrics["split"] = held_out
@@ -190,6 +268,7 @@ def train_probe(
     bundle_path = report_path = None
     if config.out:
         t = time.perf_counter()
+        # A deferred model saves from its spec alone: the same bundle the built model would give.
         bundle_path = save_bundle(config.out, model, metrics=metrics, config=asdict(config))
         timings["save"] = time.perf_counter() - t
         if config.report and evaluation is not None:
@@ -199,6 +278,7 @@ def train_probe(
             report_path = write_report(
                 evaluation, Path(config.out) / "report", title=f"{Path(config.data).name or 'data'}: {config.backbone} probe ({held_out} split)",
                 details={"config": asdict(config), "head": metrics["head"], "images": metrics["images"]},
+                png_cache=cache.directory if cache is not None else None,
             )
             timings["report"] = time.perf_counter() - t
     metrics["timings"] = {k: round(v, 4) for k, v in timings.items()}

@@ -73,14 +73,16 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
-    from transferkit.heads import HEADS
     from transferkit.train import MODES, TrainConfig
     from transferkit.train import train as run_train
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(mode, MODES)
     output.check_format(engine, ("auto", "torch", "onnxruntime"))
-    output.check_format(head, tuple(HEADS))
+    if head not in ("logistic", "mlp"):  # importing the registry means importing scikit-learn: only when needed
+        from transferkit.heads import HEADS
+
+        output.check_format(head, tuple(HEADS))
     output.check_format(class_weight, ("none", "balanced"))
     config = TrainConfig(
         data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,

@@ -2,7 +2,7 @@
 
 from transferkit.features.cache import CacheInfo, FeatureCache, default_cache_dir
 from transferkit.features.engines import ENGINES, EngineError, OnnxEngine, TorchEngine, create_engine, weights_digest
-from transferkit.features.extract import Features, extract_features, model_cache_key
+from transferkit.features.extract import Features, cached_features, extract_features, model_cache_key
 
 __all__ = [
     "CacheInfo",
@@ -14,6 +14,7 @@ __all__ = [
     "TorchEngine",
     "create_engine",
     "default_cache_dir",
+    "cached_features",
     "extract_features",
     "model_cache_key",
     "weights_digest",

@@ -71,6 +71,53 @@ def _decode(path: Path, spec) -> tuple[np.ndarray | None, str]:
         return None, f"cannot decode: {type(exc).__name__}: {exc}"
 
 
+def _lookup(paths: list[Path], spec, key: str, store: FeatureCache | None, X: np.ndarray, ok: np.ndarray,
+            errors: dict[str, str]) -> tuple[list[str | None], list[int]]:
+    """Fill ``X``/``ok`` from the cache; returns the content hashes and the indices still to compute."""
+    n = len(paths)
+    hashes: list[str | None] = [None] * n
+    todo = list(range(n))
+    if store is not None:
+        hashes = store.content_hashes(paths)
+        for i, h in enumerate(hashes):
+            if h is None:
+                errors[str(paths[i])] = "cannot read file"
+        cached = store.get_many(key, [h for h in hashes if h])
+        todo = []
+        for i, h in enumerate(hashes):
+            if h is None:
+                continue
+            vec = cached.get(h)
+            if vec is not None and vec.shape[0] == spec.num_features:
+                X[i] = vec
+                ok[i] = True
+            else:
+                todo.append(i)
+        store.register_model(key, f"{spec.name} ({spec.timm_name}, {spec.weights_source}) {spec.image_size}px")
+    return hashes, todo
+
+
+def cached_features(paths: Sequence[str | Path], spec, model_key: str, cache: FeatureCache) -> Features | None:
+    """The :class:`Features` :func:`extract_features` would return, if every readable image is cached.
+
+    Needs only the backbone's spec and :func:`model_cache_key` (not the network), so a warm rerun
+    can skip building the backbone. ``None`` when any image would have to be computed.
+    """
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    n = len(paths)
+    X = np.full((n, spec.num_features), np.nan, dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    errors: dict[str, str] = {}
+    _, todo = _lookup(paths, spec, model_key, cache, X, ok, errors)
+    if todo:
+        return None
+    stats = {"images": n, "cached": int(ok.sum()), "computed": 0, "failed": len(errors), "engine": "cache",
+             "seconds": round(time.perf_counter() - t0, 4), "images_per_s_computed": None}
+    log.info("features: %s", stats)
+    return Features(X=X, ok=ok, errors=errors, model_key=model_key, stats=stats)
+
+
 def extract_features(
     paths: Sequence[str | Path],
     backbone,
@@ -110,25 +157,7 @@ def extract_features(
     ok = np.zeros(n, dtype=bool)
     errors: dict[str, str] = {}
 
-    hashes: list[str | None] = [None] * n
-    todo = list(range(n))
-    if store is not None:
-        hashes = store.content_hashes(paths)
-        for i, h in enumerate(hashes):
-            if h is None:
-                errors[str(paths[i])] = "cannot read file"
-        cached = store.get_many(key, [h for h in hashes if h])
-        todo = []
-        for i, h in enumerate(hashes):
-            if h is None:
-                continue
-            vec = cached.get(h)
-            if vec is not None and vec.shape[0] == spec.num_features:
-                X[i] = vec
-                ok[i] = True
-            else:
-                todo.append(i)
-        store.register_model(key, f"{spec.name} ({spec.timm_name}, {spec.weights_source}) {spec.image_size}px")
+    hashes, todo = _lookup(paths, spec, key, store, X, ok, errors)
     n_cached = int(ok.sum())
     if progress is not None:
         progress(n - len(todo), n)
