@@ -131,16 +131,26 @@ def _run_cli(argv: list[str], env: dict) -> tuple[float, dict]:
     return wall, json.loads(proc.stdout)
 
 
+def _result_metrics(metrics: dict) -> dict:
+    """Metrics minus bookkeeping that legitimately differs between runs (timings, cache counts)."""
+    return {k: v for k, v in metrics.items() if k not in ("timings", "features")}
+
+
 def part_train(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-train-"))
     env = dict(os.environ, TRANSFERKIT_CACHE_DIR=str(tmp / "cache"))
     argv = ["train", args.data, "--val", "0", "--test", "0.5", "--seed", "0", "--out", str(tmp / "model"), "--format", "json"]
     cold_wall, cold = _run_cli(argv, env)
     print(f"cold train: {cold_wall:.1f} s, test accuracy {cold['metrics']['accuracy']:.4f}", flush=True)
+    cold_files = json.loads((tmp / "model" / "bundle.json").read_text())["files"]
     warm = []
+    identical = True
     for _ in range(args.rounds):
         wall, res = _run_cli(argv, env)
         warm.append((wall, res))
+        # The warm result must be the cold one: same weights files (sha256) and same metrics.
+        identical &= json.loads((tmp / "model" / "bundle.json").read_text())["files"] == cold_files
+        identical &= _result_metrics(res["metrics"]) == _result_metrics(cold["metrics"])
         print(f"warm train: {wall:.2f} s (in-process stages {sum(res['metrics']['timings'].values()):.2f} s), "
               f"accuracy {res['metrics']['accuracy']:.4f}", flush=True)
     warm_wall = statistics.median(w for w, _ in warm)
@@ -151,7 +161,7 @@ def part_train(args) -> dict:
         "cold_stages_s": cold_stages, "warm_stages_s_median": warm_stages, "stages_ratio": cold_stages / warm_stages,
         "cold_timings": cold["metrics"]["timings"], "warm_timings": warm[-1][1]["metrics"]["timings"],
         "test_accuracy": cold["metrics"]["accuracy"], "warm_test_accuracy": warm[-1][1]["metrics"]["accuracy"],
-        "C": cold["metrics"]["head"].get("C"), "ece": cold["metrics"]["ece"],
+        "C": cold["metrics"]["head"].get("C"), "ece": cold["metrics"]["ece"], "warm_identical_to_cold": identical,
     }
 
 
@@ -175,12 +185,14 @@ def part_train_inprocess(args) -> dict:
     cold_s = time.perf_counter() - t0
     print(f"in-process cold train: {cold_s:.1f} s {cold.metrics['timings']}", flush=True)
     warm = []
+    identical = True
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         res = train(config)
         warm.append(time.perf_counter() - t0)
+        identical &= _result_metrics(res.metrics) == _result_metrics(cold.metrics)
         print(f"in-process warm train: {warm[-1]:.2f} s {res.metrics['timings']}", flush=True)
-    return {"cold_s": cold_s, "warm_s_median": statistics.median(warm), "ratio": cold_s / statistics.median(warm),
+    return {"warm_identical_to_cold": identical, "cold_s": cold_s, "warm_s_median": statistics.median(warm), "ratio": cold_s / statistics.median(warm),
             "cold_timings": cold.metrics["timings"], "warm_timings": res.metrics["timings"], "test_accuracy": cold.metrics["accuracy"]}
 
 

@@ -120,3 +120,38 @@ def test_warm_rerun_with_pretrained_weights_skips_the_backbone(tmp_path, tiny_se
     changed = train_probe(_config(tmp_path, "changed", **cfg), imageset=tiny_set)
     assert changed.metrics["features"]["computed"] == len(tiny_set)
     assert read_bundle_meta(changed.bundle_path)["backbone"]["weights_sha256"] != read_bundle_meta(cold.bundle_path)["backbone"]["weights_sha256"]
+
+
+_WARM_CHILD = """
+import json, sys
+from transferkit.train import TrainConfig, train_probe
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+result = train_probe(cfg)
+heavy = sorted(m for m in ("torch", "timm", "sklearn", "matplotlib", "onnxruntime") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "metrics": result.metrics}))
+"""
+
+
+def test_warm_rerun_imports_no_torch_and_matches_the_cold_run(tmp_path, tiny_image_folder, tiny_backbone):
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_backbone.net.state_dict().items()}, str(weights))
+    config = _config(tmp_path, "model", data=str(tiny_image_folder), weights=str(weights), image_size=32, report=True)
+    cold = train_probe(config)
+    cold_files = read_bundle_meta(cold.bundle_path)["files"]
+    proc = subprocess.run([sys.executable, "-c", _WARM_CHILD, json.dumps(dataclasses.asdict(config))],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warm = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert warm["heavy"] == []
+    assert warm["metrics"]["features"]["engine"] == "cache"
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("timings", "features")}  # noqa: E731
+    assert strip(warm["metrics"]) == json.loads(json.dumps(strip(cold.metrics)))
+    assert read_bundle_meta(cold.bundle_path)["files"] == cold_files  # the warm run rewrote the same weights
+    assert (cold.report_path.parent / "confusion_matrix.png").is_file()

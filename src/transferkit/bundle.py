@@ -20,26 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from transferkit import __version__
 from transferkit.backbones.spec import BackboneSpec
+from transferkit.bundle_files import BACKBONE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, HEAD_FILE, write_bundle_dir
+from transferkit.bundle_files import json_safe as _json_safe
+from transferkit.bundle_files import sha256_file as _sha256
+from transferkit.bundle_files import umask as _umask  # noqa: F401 - kept for importers
 from transferkit.errors import BundleError, TransferkitError
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "transferkit-bundle"
-BUNDLE_FORMAT_VERSION = 1
-BUNDLE_JSON = "bundle.json"
-HEAD_FILE = "head.safetensors"
-BACKBONE_FILE = "backbone.safetensors"
 
 
 class ClassifierModel(nn.Module):
@@ -133,44 +128,9 @@ def build_head(config: dict[str, Any]) -> nn.Module:
 # Hashing and atomic writes.
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous tensors that share no storage; channels_last or views would fail.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def _json_safe(obj: Any) -> Any:
-    """Make configs and metrics JSON-able (dataclasses, paths, numpy scalars and arrays)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _json_safe(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def save_bundle(
@@ -207,54 +167,15 @@ def save_bundle(
     if not include_backbone and not spec.is_pretrained:
         log.info("backbone %s has random weights; storing them in the bundle", spec.name)
         include_backbone = True
-    if path.exists() and not path.is_dir():
-        raise BundleError(f"cannot write a bundle to {path}: it is a file; choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
-        raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
-    h_cfg = head_config(model.head)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is meant to be shared
-        files: dict[str, str] = {}
-        save_file(_state_for_saving(model.head), str(tmp / HEAD_FILE))
-        files[HEAD_FILE] = _sha256(tmp / HEAD_FILE)
-        if include_backbone:
-            save_file(_state_for_saving(model.backbone.net), str(tmp / BACKBONE_FILE))
-            files[BACKBONE_FILE] = _sha256(tmp / BACKBONE_FILE)
-        meta = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "toolkit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "class_names": list(model.class_names),
-            "backbone": spec.to_dict(),
-            "include_backbone": bool(include_backbone),
-            "head": h_cfg,
-            "files": files,
-            "metrics": _json_safe(metrics or {}),
-            "config": _json_safe(config) if config is not None else None,
-            "extra": _json_safe(extra or {}),
-        }
-        with open(tmp / BUNDLE_JSON, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        # Swap in atomically: move any old bundle aside, rename the new one, then delete the old.
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("saved bundle %s (%d classes, backbone %s)", path, len(model.class_names), spec.name)
-    return path
+
+    def writer(module: nn.Module):
+        return lambda file: save_file(_state_for_saving(module), file)
+
+    weights = {HEAD_FILE: writer(model.head)}
+    if include_backbone:
+        weights[BACKBONE_FILE] = writer(model.backbone.net)
+    return write_bundle_dir(path, spec=spec, head_cfg=head_config(model.head), weights=weights, class_names=list(model.class_names),
+                            include_backbone=include_backbone, metrics=metrics, config=config, extra=extra)
 
 
 def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -5,8 +5,10 @@
   features and labels, the head's name and options, the number of classes and the library
   versions. Same inputs -> the cold run's head, bit for bit, without refitting (choosing ``C`` by
   cross-validation is most of a warm rerun otherwise). One safetensors file per entry in
-  ``<cache dir>/heads/`` (weights as tensors, the rest as JSON in its metadata), written to a temp
+  ``<cache dir>/heads/`` (weights as arrays, the rest as JSON in its metadata), written to a temp
   name then renamed; never unpickled. An unreadable or inconsistent entry is ignored (recomputed).
+  The held-out probabilities of that head are cached the same way in ``<cache dir>/probs/``
+  (keyed by the head's key and the exact held-out features), so a warm rerun needs no PyTorch.
 - **Backbone memo**: what a pretrained backbone request (name, weights, image size, seed)
   resolves to -- its :class:`BackboneSpec` and the feature-cache model key (a digest of all its
   weights) -- so a rerun whose features are all cached need not build the network. An entry is
@@ -67,77 +69,137 @@ def head_cache_key(X_train, y_train, X_val, y_val, *, head: str, options: dict[s
     return h.hexdigest()
 
 
-def _heads_dir(cache_dir: str | os.PathLike) -> Path:
-    return Path(cache_dir) / "heads"
+def probs_cache_key(head_key: str, X_held_out) -> str:
+    """Digest of a head (by its cache key) applied to the exact held-out features."""
+    h = hashlib.sha256(f"probs:v{HEAD_CACHE_VERSION}:{head_key};".encode())
+    _hash_array(h, "X", X_held_out)
+    return h.hexdigest()
 
 
-def save_head(cache_dir: str | os.PathLike, key: str, module, info: dict[str, Any]) -> Path | None:
-    """Store ``module`` (an nn.Module from :func:`transferkit.bundle.head_config`'s family) and ``info``.
+def _save_entry(cache_dir, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any], folder_name: str = "heads") -> Path | None:
+    """One safetensors file: ``arrays`` plus ``meta`` as JSON in its header; temp name, then rename."""
+    from safetensors.numpy import save_file
 
-    Best effort: a cache that cannot be written only costs the next run a refit.
-    """
-    from safetensors.torch import save_file
+    from transferkit.bundle_files import json_safe
 
-    from transferkit.bundle import _json_safe, _state_for_saving, head_config
-
-    folder = _heads_dir(cache_dir)
+    folder = Path(cache_dir) / folder_name
     path = folder / f"{key}.safetensors"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"v": HEAD_CACHE_VERSION, "key": key, "head": head_config(module), "info": _json_safe(info)}, sort_keys=True)
+        text = json.dumps({"v": HEAD_CACHE_VERSION, "key": key, **json_safe(meta)}, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=folder)
         os.close(fd)
         try:
-            save_file(_state_for_saving(module), tmp, metadata={_META_KEY: meta})
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata={_META_KEY: text})
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except Exception as exc:  # noqa: BLE001 - a cache write must never fail training
-        log.warning("could not write the head cache entry %s (%s)", path, exc)
+        log.warning("could not write the cache entry %s (%s)", path, exc)
         return None
     return path
 
 
-def load_head(cache_dir: str | os.PathLike, key: str):
-    """``(module, info)`` cached under ``key``, or ``None`` when absent, unreadable or inconsistent."""
-    path = _heads_dir(cache_dir) / f"{key}.safetensors"
+def _load_entry(cache_dir, key: str, folder_name: str = "heads") -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    path = Path(cache_dir) / folder_name / f"{key}.safetensors"
     if not path.is_file():
         return None
     try:
         from safetensors import safe_open
 
-        from transferkit.bundle import build_head
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(path), framework="np") as f:
             meta = json.loads((f.metadata() or {})[_META_KEY])
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("v") != HEAD_CACHE_VERSION or meta.get("key") != key:
             raise ValueError("entry written for another key or format")
-        module = build_head(meta["head"])
-        module.load_state_dict(state, strict=True)
-        return module.eval(), dict(meta.get("info") or {})
+        return arrays, meta
     except Exception as exc:  # noqa: BLE001 - corrupt entry: recompute, never fail
-        log.warning("ignoring unreadable head cache entry %s (%s); fitting again", path, exc)
+        log.warning("ignoring unreadable cache entry %s (%s); computing it again", path, exc)
         return None
+
+
+def save_head(cache_dir: str | os.PathLike, key: str, module, info: dict[str, Any]) -> Path | None:
+    """Store ``module`` (a head :func:`transferkit.bundle.head_config` can describe) and ``info``.
+
+    Best effort: a cache that cannot be written only costs the next run a refit.
+    """
+    from transferkit.bundle import _state_for_saving, head_config
+
+    try:
+        arrays = {k: v.numpy() for k, v in _state_for_saving(module).items()}
+        cfg = head_config(module)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("head not cached (%s)", exc)
+        return None
+    return _save_entry(cache_dir, key, arrays, {"kind": "head", "head": cfg, "info": info})
+
+
+def load_head(cache_dir: str | os.PathLike, key: str) -> "CachedHead | None":
+    """The head cached under ``key``, or ``None`` when absent, unreadable or inconsistent."""
+    entry = _load_entry(cache_dir, key)
+    if entry is None:
+        return None
+    arrays, meta = entry
+    cfg = meta.get("head")
+    linear = [layer for layer in (cfg or {}).get("layers", []) if isinstance(layer, dict) and layer.get("type") == "linear"]
+    if meta.get("kind") != "head" or not linear or not all(np.all(np.isfinite(a)) for a in arrays.values()):
+        log.warning("ignoring inconsistent head cache entry %s; fitting again", key[:16])
+        return None
+    return CachedHead(cfg, arrays, dict(meta.get("info") or {}), int(linear[-1]["out_features"]))
+
+
+def save_probs(cache_dir, key: str, probs: np.ndarray) -> None:
+    """Store held-out probabilities (best effort)."""
+    _save_entry(cache_dir, key, {"probs": np.asarray(probs, dtype=np.float64)}, {"kind": "probs"}, "probs")
+
+
+def load_probs(cache_dir, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """Held-out probabilities cached under ``key`` with this shape, or ``None``."""
+    entry = _load_entry(cache_dir, key, "probs")
+    if entry is None or entry[1].get("kind") != "probs":
+        return None
+    probs = entry[0].get("probs")
+    if probs is None or probs.shape != tuple(shape) or probs.dtype != np.float64 or not np.isfinite(probs).all():
+        return None
+    return probs
 
 
 class CachedHead:
     """What a head-cache hit gives back instead of a freshly fitted head.
 
+    Holds the weights as numpy arrays (PyTorch is imported only if :attr:`module` is used).
+
     Attributes:
-        module: the head as an ``nn.Module`` (one output per class index), as stored in bundles.
-        info: what the fitted head recorded (``C_`` for the logistic head).
+        config: the head's architecture (:func:`transferkit.bundle.head_config`).
+        state: the ``nn.Module``'s state dict as numpy arrays.
+        info: what the fitted head recorded (``C`` for the logistic head, also as ``C_``).
+        num_outputs: logits per row (one per class index).
     """
 
-    def __init__(self, module, info: dict[str, Any]) -> None:
-        self.module = module
-        self.info = dict(info)
+    def __init__(self, config: dict[str, Any], state: dict[str, np.ndarray], info: dict[str, Any], num_outputs: int) -> None:
+        self.config, self.state, self.info, self.num_outputs = config, state, dict(info), num_outputs
+        self._module = None
         if "C" in self.info:
             self.C_ = float(self.info["C"])
 
+    @property
+    def module(self):
+        """The head as an ``nn.Module`` (already expanded to every class), built on first use."""
+        if self._module is None:
+            import torch
+
+            from transferkit.bundle import build_head
+
+            module = build_head(self.config)
+            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.state.items()}, strict=True)
+            self._module = module.eval()
+        return self._module
+
     def expand_module(self, num_outputs: int):
         """The cached module (it was stored already expanded to every class)."""
+        if num_outputs != self.num_outputs:
+            raise ValueError(f"cached head has {self.num_outputs} outputs, not {num_outputs}")
         return self.module
 
 
@@ -228,4 +290,4 @@ def remember_backbone(cache_dir, name: str, weights: str, image_size: int | None
         log.warning("could not write the backbone memo %s (%s)", path, exc)
 
 
-__all__ = ["CachedHead", "head_cache_key", "load_head", "lookup_backbone", "remember_backbone", "save_head"]
+__all__ = ["CachedHead", "head_cache_key", "load_head", "load_probs", "lookup_backbone", "probs_cache_key", "remember_backbone", "save_head", "save_probs"]

@@ -112,7 +112,7 @@ def _cached_png(cache_dir: Path | None, kind: str, inputs: Any, draw) -> bytes:
     from importlib import metadata
 
     from transferkit import __version__
-    from transferkit.bundle import _json_safe
+    from transferkit.bundle_files import json_safe as _json_safe
 
     try:
         mpl = metadata.version("matplotlib")
@@ -177,7 +177,7 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     Returns:
         The path of ``report.html``.
     """
-    from transferkit.bundle import _json_safe
+    from transferkit.bundle_files import json_safe as _json_safe
 
     out = Path(out_dir)
     m = evaluation.metrics

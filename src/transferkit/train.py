@@ -124,7 +124,18 @@ class _DeferredModel:
     """
 
     def __init__(self, config: TrainConfig, spec, head, class_names: list[str]) -> None:
-        self.config, self.spec, self.head, self.class_names = config, spec, head, list(class_names)
+        from transferkit.probe_cache import CachedHead
+
+        self.config, self.spec, self.class_names = config, spec, list(class_names)
+        # A CachedHead (numpy weights) becomes an nn.Module only if someone asks for ``head``.
+        self.cached_head = head if isinstance(head, CachedHead) else None
+        self._head = None if self.cached_head is not None else head
+
+    @property
+    def head(self):
+        if self._head is None:
+            self._head = self.cached_head.module.eval()
+        return self._head
 
     def build(self):
         from transferkit.bundle import ClassifierModel
@@ -167,10 +178,12 @@ def train_probe(
     Raises:
         DataError: no images, or a split without training images of at least 2 classes.
     """
+    # Imports stay inside the branches that need them: a warm rerun (features, head and held-out
+    # probabilities all cached) never imports PyTorch, timm, scikit-learn or matplotlib.
     from transferkit import probe_cache
-    from transferkit.bundle import ClassifierModel, save_bundle
-    from transferkit.evaluate import evaluate_probabilities, probabilities_from_features
-    from transferkit.features import FeatureCache, cached_features, extract_features, model_cache_key
+    from transferkit.evaluate import evaluate_probabilities
+    from transferkit.features.cache import FeatureCache
+    from transferkit.features.extract import cached_features
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -193,6 +206,8 @@ def train_probe(
             if progress is not None:
                 progress(len(data.paths), len(data.paths))
     if feats is None:
+        from transferkit.features.extract import extract_features, model_cache_key
+
         t = time.perf_counter()
         if backbone is None:
             backbone = _build_backbone(config)
@@ -229,10 +244,7 @@ def train_probe(
     if cache is not None:
         head_key = probe_cache.head_cache_key(X[idx["train"]], y[idx["train"]], X_val, y_val, head=config.head,
                                               options=options, num_classes=data.num_classes)
-        hit = probe_cache.load_head(cache.directory, head_key)
-        if hit is not None:
-            head = probe_cache.CachedHead(*hit)
-            head_module = head.module
+        head = probe_cache.load_head(cache.directory, head_key)
     if head is None:
         from transferkit.heads import create_head
 
@@ -245,9 +257,11 @@ def train_probe(
         if head_key is not None:
             probe_cache.save_head(cache.directory, head_key, head_module, {"C": head.C_} if hasattr(head, "C_") else {})
     if backbone is not None:
-        model = ClassifierModel(backbone, head_module, data.class_names).eval()
+        from transferkit.bundle import ClassifierModel
+
+        model = ClassifierModel(backbone, head_module if head_module is not None else head.module, data.class_names).eval()
     else:
-        model = _DeferredModel(config, spec, head_module.eval(), data.class_names)
+        model = _DeferredModel(config, spec, head_module if head_module is not None else head, data.class_names)
     timings["head"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -255,7 +269,16 @@ def train_probe(
     metrics: dict[str, Any] = {}
     if held_out:
         sel = idx[held_out]
-        probs = probabilities_from_features(head_module, X[sel])
+        probs = probs_key = None
+        if head_key is not None:
+            probs_key = probe_cache.probs_cache_key(head_key, X[sel])
+            probs = probe_cache.load_probs(cache.directory, probs_key, (len(sel), data.num_classes))
+        if probs is None:
+            from transferkit.evaluate import probabilities_from_features
+
+            probs = probabilities_from_features(model.head, X[sel])
+            if probs_key is not None:
+                probe_cache.save_probs(cache.directory, probs_key, probs)
         evaluation = evaluate_probabilities(probs, y[sel], data.class_names, paths=[str(data.paths[i]) for i in sel])
         metrics = dict(evaluation.metrics)
         metrics["split"] = held_out
@@ -268,8 +291,17 @@ def train_probe(
     bundle_path = report_path = None
     if config.out:
         t = time.perf_counter()
-        # A deferred model saves from its spec alone: the same bundle the built model would give.
-        bundle_path = save_bundle(config.out, model, metrics=metrics, config=asdict(config))
+        if isinstance(model, _DeferredModel) and isinstance(model.cached_head, probe_cache.CachedHead):
+            # From the spec and the cached weights alone: the same files the built model would give.
+            from transferkit.bundle_files import HEAD_FILE, save_numpy_weights, write_bundle_dir
+
+            bundle_path = write_bundle_dir(
+                config.out, spec=spec, head_cfg=model.cached_head.config, weights={HEAD_FILE: save_numpy_weights(model.cached_head.state)},
+                class_names=data.class_names, include_backbone=False, metrics=metrics, config=asdict(config))
+        else:
+            from transferkit.bundle import save_bundle
+
+            bundle_path = save_bundle(config.out, model, metrics=metrics, config=asdict(config))
         timings["save"] = time.perf_counter() - t
         if config.report and evaluation is not None:
             from transferkit.report import write_report

@@ -1,21 +1,41 @@
-"""Frozen-backbone features: streaming extraction, CPU/GPU engines and the on-disk cache."""
+"""Frozen-backbone features: streaming extraction, CPU/GPU engines and the on-disk cache.
 
-from transferkit.features.cache import CacheInfo, FeatureCache, default_cache_dir
-from transferkit.features.engines import ENGINES, EngineError, OnnxEngine, TorchEngine, create_engine, weights_digest
-from transferkit.features.extract import Features, cached_features, extract_features, model_cache_key
+Names are imported on first use (PEP 562): the engines need PyTorch, and a warm ``train`` rerun
+that only reads the cache should not pay for importing it.
+"""
 
-__all__ = [
-    "CacheInfo",
-    "ENGINES",
-    "EngineError",
-    "FeatureCache",
-    "Features",
-    "OnnxEngine",
-    "TorchEngine",
-    "create_engine",
-    "default_cache_dir",
-    "cached_features",
-    "extract_features",
-    "model_cache_key",
-    "weights_digest",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CacheInfo": "cache",
+    "FeatureCache": "cache",
+    "default_cache_dir": "cache",
+    "ENGINES": "engines",
+    "EngineError": "engines",
+    "OnnxEngine": "engines",
+    "TorchEngine": "engines",
+    "create_engine": "engines",
+    "weights_digest": "engines",
+    "Features": "extract",
+    "cached_features": "extract",
+    "extract_features": "extract",
+    "model_cache_key": "extract",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

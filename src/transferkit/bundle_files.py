@@ -1,0 +1,147 @@
+"""Writing a bundle directory without PyTorch: the file layout, hashes and the atomic swap.
+
+:func:`transferkit.bundle.save_bundle` writes through :func:`write_bundle_dir`, and so does a
+warm ``train`` rerun that never built the network (it has the head's weights as numpy arrays):
+importing PyTorch costs more than the rest of such a rerun. safetensors writes the same bytes
+from numpy arrays as from the equal torch tensors, so both routes give identical files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from transferkit import __version__
+from transferkit.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "transferkit-bundle"
+BUNDLE_FORMAT_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+HEAD_FILE = "head.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def json_safe(obj: Any) -> Any:
+    """Make configs and metrics JSON-able (dataclasses, paths, numpy scalars and arrays)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def save_numpy_weights(arrays: dict) -> Callable[[str], None]:
+    """A writer for :func:`write_bundle_dir` that stores numpy arrays as safetensors."""
+
+    def write(path: str) -> None:
+        from safetensors.numpy import save_file
+
+        save_file(arrays, path)
+
+    return write
+
+
+def write_bundle_dir(
+    path: str | os.PathLike,
+    *,
+    spec,
+    head_cfg: dict[str, Any],
+    weights: dict[str, Callable[[str], None]],
+    class_names: list[str],
+    include_backbone: bool,
+    metrics: dict[str, Any] | None = None,
+    config: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle directory at ``path`` atomically (see :func:`transferkit.bundle.save_bundle`).
+
+    Args:
+        spec: the backbone's :class:`~transferkit.backbones.spec.BackboneSpec`.
+        head_cfg: the head's architecture (:func:`transferkit.bundle.head_config`).
+        weights: file name -> ``write(path)`` for each weights file (``head.safetensors``, and
+            ``backbone.safetensors`` when ``include_backbone``).
+
+    Raises:
+        BundleError: ``path`` is a file, or a non-empty directory that is not a bundle.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"cannot write a bundle to {path}: it is a file; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
+        raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a bundle is meant to be shared
+        files: dict[str, str] = {}
+        for name, write in weights.items():
+            write(str(tmp / name))
+            files[name] = sha256_file(tmp / name)
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "toolkit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "class_names": list(class_names),
+            "backbone": spec.to_dict(),
+            "include_backbone": bool(include_backbone),
+            "head": head_cfg,
+            "files": files,
+            "metrics": json_safe(metrics or {}),
+            "config": json_safe(config) if config is not None else None,
+            "extra": json_safe(extra or {}),
+        }
+        with open(tmp / BUNDLE_JSON, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask())
+        # Swap in atomically: move any old bundle aside, rename the new one, then delete the old.
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved bundle %s (%d classes, backbone %s)", path, len(class_names), spec.name)
+    return path
+
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "json_safe", "save_numpy_weights", "sha256_file", "write_bundle_dir"]
