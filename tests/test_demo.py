@@ -181,11 +181,10 @@ def test_finetune_step_gives_the_numbers_of_the_separate_call(folder_for_finetun
     from transferkit.demo import finetune_train_config
     from transferkit.train import train
 
-    config = _demo_config(folder_for_finetuning, tmp_path / "demo", finetune_epochs=1, time_budget_s=1e6)
+    config = _demo_config(folder_for_finetuning, tmp_path / "demo", finetune_epochs=2, time_budget_s=1e6)
     result = run_demo(config, steps=("transfer", "finetune"), write_report=False)
     step = result.steps["finetune"]
     assert step.status == "ok", step.message
-    assert step.data["mode"] == "finetune", step.data.get("reason")
     separate = train(finetune_train_config(result.config, folder_for_finetuning, tmp_path / "sep"))
     assert step.data["accuracy"] == separate.metrics["accuracy"]
     assert step.data["confusion_matrix"] == separate.evaluation.confusion.tolist()
@@ -193,18 +192,11 @@ def test_finetune_step_gives_the_numbers_of_the_separate_call(folder_for_finetun
         None if h.get("val_acc") is None else round(h["val_acc"], 4) for h in separate.metrics["history"]]
 
 
-def test_finetune_step_on_too_little_data_says_auto_kept_the_probe(tiny_image_folder, tmp_path):
-    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo", time_budget_s=1e6), steps=("transfer", "finetune"),
-                      write_report=False)
-    step = result.steps["finetune"]
-    assert step.status == "ok" and step.data["mode"] == "probe" and "kept the probe" in step.message
-
-
 def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, tmp_path, monkeypatch):
-    """`transferkit train --mode auto --epochs N` (as the report prints it) builds the demo's TrainConfig."""
+    """`transferkit train --mode finetune` with the flags the report prints builds the demo's TrainConfig."""
     import transferkit.train as train_module
     from transferkit.cli.main import main
-    from transferkit.demo import finetune_train_config
+    from transferkit.demo import FINETUNE_CLI_FLAGS, finetune_options, finetune_train_config
 
     seen = []
 
@@ -216,9 +208,10 @@ def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, 
         raise _Stop
 
     monkeypatch.setattr(train_module, "train", fake_train)
-    config = DemoConfig(data=str(tiny_image_folder), seed=4, finetune_epochs=3)
+    config = DemoConfig(data=str(tiny_image_folder), seed=4)
+    flags = [str(x) for k, v in finetune_options(config).items() for x in (FINETUNE_CLI_FLAGS[k], v)]
     with pytest.raises(_Stop):
-        main(["train", str(tiny_image_folder), "--mode", "auto", "--epochs", "3", "--seed", "4", "--out", str(tmp_path / "m"), "--no-report"])
+        main(["train", str(tiny_image_folder), "--mode", "finetune", *flags, "--seed", "4", "--out", str(tmp_path / "m"), "--no-report"])
     expected = finetune_train_config(config, tiny_image_folder, tmp_path / "m")
     got = seen[0]
     assert (got.mode, got.seed, got.backbone, got.weights, got.options) == (expected.mode, expected.seed, expected.backbone,

@@ -109,17 +109,11 @@ def _section_finetune(step: StepOutcome) -> str:
         f"<td class=\"num\">{cell(h, 'train_acc', True)}</td><td class=\"num\">{cell(h, 'val_acc', True)}</td></tr>"
         for h in d.get("history", [])
     )
-    keys = ("strategy", "unfreeze", "cached_views", "epochs", "lr", "layer_decay", "augment", "label_smoothing", "head_init")
-    shown = {k: d.get("options", {}).get(k) for k in keys if k in d.get("options", {})}
-    if d.get("mode") == "probe":
-        return (f"<p><code>--mode auto</code> kept the probe ({_e(d.get('reason', ''))}); its accuracy "
-                f"<b data-metric=\"finetune-accuracy\">{_pct(d.get('accuracy'))}</b>.</p>"
-                f'<div class="wide">{_card(step, "confusion", "confusion matrix")}</div>')
     return (
         f"<p>Fine-tuned accuracy <b data-metric=\"finetune-accuracy\">{_pct(d.get('accuracy'))}</b> against the probe's "
-        f"{_pct(d.get('probe_accuracy'))} on the same held-out images. <code>--mode auto</code> chose fine-tuning "
-        f"({_e(d.get('reason') or '')}) with <code>{_e(json.dumps(shown))}</code>: the top layer groups train on stored "
-        "activations of augmented views, the head starts from the probe (LP-FT), BatchNorm statistics stay frozen.</p>"
+        f"{_pct(d.get('probe_accuracy'))} on the same held-out images. Settings: <code>{_e(json.dumps(d.get('options', {})))}</code>: "
+        "the top layer groups train on stored activations of augmented views, the head starts from the probe (LP-FT), "
+        "BatchNorm statistics stay frozen.</p>"
         f"<table><tr><th>epoch</th><th>stage</th><th>train loss</th><th>train accuracy</th><th>val accuracy</th></tr>{rows}</table>"
         f'<div class="wide">{_card(step, "confusion", "confusion matrix after fine-tuning")}</div>'
     )
