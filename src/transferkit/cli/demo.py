@@ -13,7 +13,7 @@ def demo(
     data: Path = typer.Option(None, "--data", help="dataset folder or CSV (class folders, Oxford-IIIT, PetImages, Kaggle, CSV)"),
     dataset: str = typer.Option(None, "--dataset", help="a dataset by name: oxford-pets, petimages, fashion-mnist"),
     out: Path = typer.Option(Path("transferkit-demo"), "--out", "-o", help="output folder (report.html, summary.json, model/)"),
-    quick: bool = typer.Option(False, "--quick", help="skip fine-tuning, smaller renders and attacks (about half the time)"),
+    quick: bool = typer.Option(False, "--quick", help="skip fine-tuning; smaller dataset cap, renders and attack counts"),
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="pretrained network (see `transferkit backbones`)"),
     weights: str = typer.Option("auto", "--weights", help="auto, a weights file, package, hub or none"),
     seed: int = typer.Option(0, "--seed", help="seeds the split, the head, the renders and the attacks"),
@@ -34,6 +34,10 @@ def demo(
     # passive with 2 threads on a busy 2-core machine. Must be set before torch loads; a value the
     # user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import warnings
+
+    # scikit-learn's notices about its own future API say nothing a demo user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     from transferkit.demo import REPORT_ORDER, STEP_TITLES, DemoConfig, run_demo
 
     output.check_format(fmt, ("table", "json"))
