@@ -90,7 +90,16 @@ def test_cli_train_predict_evaluate_cache(tmp_path, tiny_image_folder, capsys):
     assert main(["cache", "info", "--format", "json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["feature_entries"] >= 18
+    import os
+    from pathlib import Path
+
+    cache_dir = Path(os.environ["TRANSFERKIT_CACHE_DIR"])
+    (cache_dir / "datasets").mkdir(parents=True, exist_ok=True)
+    (cache_dir / "datasets" / "kept.txt").write_text("downloaded data is not a derived cache")
+    assert any((cache_dir / d).exists() for d in ("heads", "verify"))
     assert main(["cache", "clear", "--yes"]) == 0
+    left = sorted(p.relative_to(cache_dir).as_posix() for p in cache_dir.rglob("*") if p.is_file())
+    assert left == ["datasets/kept.txt"]
 
 
 def test_cli_refuses_a_tampered_bundle(tmp_path, tiny_image_folder, capsys):

@@ -37,7 +37,7 @@ def info(fmt: str = typer.Option("table", "--format", help="table or json")) -> 
 
 @cache_app.command("clear")
 def clear(yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
-    """Delete cached features, content hashes and exported ONNX graphs."""
+    """Delete everything derived and cached (features, ONNX graphs, fitted heads, plots, verify results); downloaded datasets stay."""
     from transferkit.features import FeatureCache
 
     cache = FeatureCache()

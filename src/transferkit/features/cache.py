@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 DB_NAME = "features.sqlite"
+# Everything else transferkit derives and caches here (all recomputable): exported ONNX graphs,
+# fitted probe heads and held-out probabilities, report plots, the data verify pass, the backbone memo.
+DERIVED_FOLDERS = ("onnx", "heads", "probs", "report-png", "verify")
+DERIVED_FILES = ("backbones.json",)
 _SQL_CHUNK = 500  # stays under SQLite's limit on bound variables
 
 
@@ -192,7 +196,9 @@ class FeatureCache:
         """Delete everything transferkit cached in the directory; returns the bytes freed."""
         size = self.info().size_bytes
         self.close()
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm") + DERIVED_FILES:
             (self.directory / name).unlink(missing_ok=True)
-        shutil.rmtree(self.directory / "onnx", ignore_errors=True)
-        return size
+        for folder in DERIVED_FOLDERS:
+            shutil.rmtree(self.directory / folder, ignore_errors=True)
+        # Downloaded or converted datasets (datasets/) are kept: they are data, not derived results.
+        return size - self.info().size_bytes
