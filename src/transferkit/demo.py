@@ -79,7 +79,7 @@ class DemoConfig:
             on the 8-bit grid, so a radius under 1/255 changes nothing).
         robustness_method / robustness_steps: its attack (``None`` steps: the method's default).
         engine: feature engine for the transfer step (``auto``, ``torch``, ``onnxruntime``).
-        photos: how many sample photos step 1 classifies.
+        photos: how many sample photos step 1 classifies (8: all that `classify --samples` finds).
     """
 
     data: str | None = None
@@ -103,7 +103,7 @@ class DemoConfig:
     robustness_method: str = "pgd"
     robustness_steps: int | None = 4
     engine: str = "auto"
-    photos: int = 6
+    photos: int = 8
 
     def effective(self) -> "DemoConfig":
         """The settings actually used: ``--quick`` shrinks the slow steps."""
