@@ -130,36 +130,21 @@ def _no_weights_message(name: str, reason: str) -> str:
 
 
 def _hub_offline_reason() -> str | None:
-    """Why the hub cannot be reached right now (``None`` when it seems reachable).
-
-    Checked up front because huggingface_hub retries a failed request with back-off for about a
-    minute; a failed DNS lookup answers at once and means the same thing.
-    """
-    import socket
-    import threading
+    """Why the hub cannot be reached right now (``None`` when it seems reachable)."""
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFERKIT_OFFLINE", "") not in ("", "0"):
-        return "offline mode is set (HF_HUB_OFFLINE / TRANSFERKIT_OFFLINE)"
+    from transferkit.network import offline_forced, unreachable_reason
+
+    forced = offline_forced("HF_HUB_OFFLINE")
+    if forced:
+        return forced
     try:
         from huggingface_hub import constants
 
         host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     except Exception:  # pragma: no cover - depends on the installed huggingface_hub
         host = "huggingface.co"
-    outcome: list[str | None] = []
-
-    def _lookup() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"cannot resolve {host} ({exc.strerror or exc}), so there is no internet connection")
-
-    t = threading.Thread(target=_lookup, daemon=True)
-    t.start()
-    t.join(5.0)
-    return outcome[0] if outcome else f"no answer looking up {host} within 5 s"
+    return unreachable_reason(host, timeout=5.0)
 
 
 def _create_from_hub(name: str, arch: str):

@@ -10,9 +10,6 @@ request may hang for its whole timeout.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +18,7 @@ from transferkit.datasets import fashion_mnist
 from transferkit.datasets.catalog import download_dataset, get_dataset_info, prepared_path
 from transferkit.datasets.download import ProgressCallback
 from transferkit.errors import DataError
+from transferkit.network import unreachable_reason
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +43,6 @@ class ResolvedDataset:
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "name": self.name, "reason": self.reason, "license": self.license}
-
-
-def unreachable_reason(host: str, *, timeout: float = 3.0) -> str | None:
-    """Why ``host`` cannot be reached now, or ``None`` when its name resolves.
-
-    ``TRANSFERKIT_OFFLINE=1`` forces the offline answer without a lookup.
-    """
-    if os.environ.get("TRANSFERKIT_OFFLINE", "") not in ("", "0"):
-        return "offline mode is set (TRANSFERKIT_OFFLINE)"
-    outcome: list[str | None] = []
-
-    def _lookup() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"cannot resolve {host} ({exc.strerror or exc}), so there is no internet connection")
-
-    t = threading.Thread(target=_lookup, daemon=True)  # getaddrinfo has no timeout of its own
-    t.start()
-    t.join(timeout)
-    return outcome[0] if outcome else f"no answer looking up {host} within {timeout:g} s"
 
 
 def resolve_dataset(
