@@ -418,19 +418,6 @@ def _forward_seconds_per_image(ctx: _Context, batch: int = 8) -> float:
     return (time.perf_counter() - t0) / batch
 
 
-def _forward_seconds_per_image(ctx: _Context, batch: int = 8) -> float:
-    """Wall seconds per image of one eager forward pass of the backbone, measured now (after a warm-up)."""
-    import torch
-
-    model = ctx.imagenet_backbone()
-    x = torch.rand(batch, *model.spec.input_size)
-    with torch.inference_mode():
-        model(x[:2])
-        t0 = time.perf_counter()
-        model(x)
-    return (time.perf_counter() - t0) / batch
-
-
 def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
     cfg = ctx.config
     if cfg.quick:
