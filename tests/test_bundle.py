@@ -111,3 +111,38 @@ def test_pretrained_bundle_rebuilds_from_package_without_storing_backbone(tmp_pa
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("bad_head", ["linear", {"type": "sequential", "layers": []},
+                                      {"type": "sequential", "layers": ["linear"]},
+                                      {"type": "sequential", "layers": [{"type": "linear", "in_features": 8}]}])
+def test_malformed_head_config_is_a_bundle_error(bad_head):
+    # A hand-edited bundle.json must give one clear BundleError, not AttributeError/IndexError/KeyError.
+    with pytest.raises(BundleError, match="head config"):
+        build_head(bad_head)
+
+
+def test_failed_swap_keeps_the_previous_bundle(tmp_path, tiny_backbone, monkeypatch):
+    import os
+
+    from transferkit import bundle_files
+
+    save_bundle(tmp_path / "m", _model(tiny_backbone))
+    before = (tmp_path / "m" / "head.safetensors").read_bytes()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if ".tmp-" in os.fspath(src):  # the new bundle moving into place
+            raise OSError("disk trouble")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_files.os, "replace", failing_replace)
+    model2 = _model(tiny_backbone)
+    with torch.no_grad():
+        model2.head.bias.fill_(3.0)
+    with pytest.raises(OSError, match="disk trouble"):
+        save_bundle(tmp_path / "m", model2)
+    monkeypatch.undo()
+    assert (tmp_path / "m" / "head.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    load_bundle(tmp_path / "m")

@@ -118,9 +118,14 @@ def _build_layer(cfg: dict[str, Any]) -> nn.Module:
 
 def build_head(config: dict[str, Any]) -> nn.Module:
     """Rebuild a head (with fresh weights) from :func:`head_config`'s output."""
-    if config.get("type") != "sequential" or not isinstance(config.get("layers"), list):
-        raise BundleError(f"bundle head config is not understood: {str(config)[:120]}")
-    layers = [_build_layer(c) for c in config["layers"]]
+    if not isinstance(config, dict) or config.get("type") != "sequential" or not isinstance(config.get("layers"), list) \
+            or not config["layers"] or not all(isinstance(c, dict) for c in config["layers"]):
+        raise BundleError(f"bundle head config is not understood: {str(config)[:120]}; re-create the bundle")
+    try:
+        layers = [_build_layer(c) for c in config["layers"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # A hand-edited or truncated bundle.json must give one clear line, not a traceback.
+        raise BundleError(f"bundle head config has a malformed layer ({type(exc).__name__}: {exc}); re-create the bundle") from None
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
