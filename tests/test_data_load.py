@@ -331,3 +331,20 @@ def test_format_given_explicitly_skips_detection(tmp_path):
     # As a folder layout, "train" is a split folder holding no class folders: nothing has a label.
     with pytest.raises(DataError, match="not inside a class folder"):
         load_images(tmp_path / "ds", "folder")
+
+
+@pytest.mark.parametrize("damage", ["list", "entry"])
+def test_valid_json_but_damaged_cache_is_ignored(messy_folder, damage):
+    import json
+
+    load_images(messy_folder)
+    for f in (Path(os.environ["TRANSFERKIT_CACHE_DIR"]) / "verify").glob("*.json"):
+        if damage == "list":
+            f.write_text("[]")
+        else:  # every entry keeps its stat key but loses a field of its verdict
+            data = json.loads(f.read_text())
+            for entry in data["entries"].values():
+                entry["check"] = {"bogus": 1}
+            f.write_text(json.dumps(data))
+    s = load_images(messy_folder)
+    assert s.report.kept == 18 and s.report.cache_hits == 0

@@ -142,8 +142,9 @@ class VerifyCache:
         self.dirty = False
         try:
             data = json.loads(self.file.read_text())
-            if data.get("version") == VERIFY_FORMAT_VERSION and data.get("options") == options.key():
-                self.entries = data.get("entries", {})
+            if isinstance(data, dict) and data.get("version") == VERIFY_FORMAT_VERSION and data.get("options") == options.key() \
+                    and isinstance(data.get("entries"), dict):
+                self.entries = data["entries"]
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
@@ -152,9 +153,12 @@ class VerifyCache:
 
     def get(self, path: Path, stat_key: list[int] | None) -> FileCheck | None:
         entry = self.entries.get(str(path))
-        if entry is None or stat_key is None or entry.get("stat") != stat_key:
+        if not isinstance(entry, dict) or stat_key is None or entry.get("stat") != stat_key:
             return None
-        return FileCheck(**entry["check"])
+        try:
+            return FileCheck(**entry["check"])
+        except (KeyError, TypeError):  # a damaged entry is a miss (checked again), never a crash
+            return None
 
     def put(self, path: Path, stat_key: list[int] | None, check: FileCheck) -> None:
         if stat_key is None:
