@@ -146,3 +146,15 @@ def test_failed_swap_keeps_the_previous_bundle(tmp_path, tiny_backbone, monkeypa
     assert (tmp_path / "m" / "head.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     load_bundle(tmp_path / "m")
+
+
+@pytest.mark.parametrize("key,value", [("class_names", "ab"), ("class_names", None), ("class_names", []),
+                                       ("files", {"head.safetensors": 5}), ("files", ["head.safetensors"])])
+def test_malformed_bundle_json_fields_are_refused(tmp_path, tiny_backbone, key, value):
+    save_bundle(tmp_path / "m", _model(tiny_backbone))
+    meta_file = tmp_path / "m" / "bundle.json"
+    meta = json.loads(meta_file.read_text())
+    meta[key] = value
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=key.replace("_", " ") if key == "class_names" else "files"):
+        load_bundle(tmp_path / "m")

@@ -204,6 +204,11 @@ def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("class_names", "backbone", "head", "files"):
         if key not in meta:
             raise BundleError(f"{path / BUNDLE_JSON} lacks {key!r}; the bundle is incomplete, re-create it")
+    names, files = meta["class_names"], meta["files"]
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise BundleError(f"{path / BUNDLE_JSON} has no list of class names (got {str(names)[:60]}); re-create the bundle")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise BundleError(f"{path / BUNDLE_JSON} has a malformed 'files' table (name -> sha256); re-create the bundle")
     return meta
 
 
@@ -280,7 +285,7 @@ def load_bundle(path: str | os.PathLike) -> ClassifierModel:
 
     path = Path(path)
     meta = read_bundle_meta(path)
-    files = meta["files"] if isinstance(meta["files"], dict) else {}
+    files = meta["files"]
     head_state = _load_checked(path, HEAD_FILE, files)
     backbone_state = _load_checked(path, BACKBONE_FILE, files) if meta.get("include_backbone") else None
     try:
