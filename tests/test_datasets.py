@@ -181,6 +181,14 @@ def test_extract_archive_refuses_members_outside_the_target(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_extract_truncated_zip_is_a_download_error(tmp_path):
+    bad = tmp_path / "cut.zip"
+    bad.write_bytes(b"PK\x03\x04 truncated download")
+    with pytest.raises(DownloadError, match="could not be unpacked"):
+        extract_archive(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def _png_bytes(color: int) -> bytes:
     from PIL import Image
 

@@ -214,7 +214,11 @@ def download_file(
 
 
 def _safe_zip_extract(archive: Path, target: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:  # truncated download or not a zip at all
+        raise DownloadError(f"{archive} could not be unpacked ({exc}); delete it and download again") from None
+    with zf:
         bad = zf.testzip()  # CRC of every member: catches a corrupt archive without a published checksum
         if bad is not None:
             raise DownloadError(f"{archive} is corrupt (CRC error in {bad}); delete it and download again")
