@@ -11,11 +11,11 @@ import base64
 import html
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from transferkit.atomic import atomic_write_text
 from transferkit.demo import REPORT_ORDER, STEP_TITLES, DemoResult, StepOutcome
 
 _CSS = """
@@ -231,8 +231,5 @@ def write_demo_report(result: DemoResult, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, text in ((path, render_demo_report(result)),
                          (path.with_name("summary.json"), json.dumps(result.summary(), indent=2, default=str))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
+        atomic_write_text(target, text)
     return path

@@ -12,7 +12,6 @@ and the centre crop lands on the attacked square), so the PNG fools the model as
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +73,6 @@ def perturbation_image(delta: torch.Tensor) -> Image.Image:
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a lossless PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from transferkit.atomic import atomic_write
+
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

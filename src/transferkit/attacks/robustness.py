@@ -176,16 +176,6 @@ def plot_robustness(curves: Sequence[RobustnessCurve], path, *, title: str = "")
 
 def _save_figure(fig, path) -> None:
     """Save a matplotlib figure as PNG atomically (temporary name, then rename)."""
-    import os
-    import tempfile
-    from pathlib import Path
+    from transferkit.atomic import atomic_write
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

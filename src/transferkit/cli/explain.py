@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import typer
@@ -26,16 +24,9 @@ def _load_model(backbone: str | None, bundle: Path | None, weights: str):
 
 def _write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from transferkit.atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def _save_png(path: Path, rgb) -> None:
