@@ -363,3 +363,22 @@ def test_cli_train_finetune_then_evaluate_with_tta(tiny_image_folder, tmp_path):
     assert code == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["tta"] == "flip"
     assert main(["evaluate", str(out), str(tiny_image_folder), "--tta", "mirror"]) != 0
+
+
+def test_trunk_cache_key_changes_when_an_image_is_edited_in_place(tiny_image_folder, tmp_path):
+    import shutil
+
+    from transferkit.backbones import create_backbone
+    from transferkit.finetune.loop import _trunk_cache_key
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_image_folder, folder)
+    ims = _imageset(folder)
+    spec = create_backbone("test_efficientnet", weights="none", image_size=32).spec
+    cfg = FinetuneConfig(strategy="cached")
+    before = _trunk_cache_key(cfg, ims, spec)
+    assert _trunk_cache_key(cfg, ims, spec) == before
+    edited = ims.paths[0]
+    data = edited.read_bytes()
+    edited.write_bytes(data + b"\0")  # same path, new content: cached activations are stale
+    assert _trunk_cache_key(cfg, ims, spec) != before

@@ -116,6 +116,9 @@ def _lr_lambda(config: FinetuneConfig, steps_per_epoch: int) -> Callable[[int], 
 def _config_fingerprint(config: FinetuneConfig, train: ImageSet, backbone_spec) -> str:
     d = {k: v for k, v in config.to_dict().items() if k not in FinetuneConfig.RESUME_FREE_FIELDS}
     d["images"] = [str(p) for p in train.paths]
+    # Paths alone would serve stale activations for an image edited in place: add size and mtime
+    # (the same fast path the feature cache uses).
+    d["stats"] = [_file_stamp(p) for p in train.paths]
     d["labels"] = train.labels.tolist()
     d["backbone"] = backbone_spec.cache_key_fields()
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
@@ -125,9 +128,20 @@ def _config_fingerprint(config: FinetuneConfig, train: ImageSet, backbone_spec) 
 _TRUNK_CACHE_FIELDS = ("strategy", "unfreeze", "cached_views", "augment", "auto_augment", "image_size", "seed")
 
 
+def _file_stamp(path) -> list[int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def _trunk_cache_key(config: FinetuneConfig, train: ImageSet, backbone_spec) -> str:
     d = {k: getattr(config, k) for k in _TRUNK_CACHE_FIELDS}
     d["images"] = [str(p) for p in train.paths]
+    # Paths alone would serve stale activations for an image edited in place: add size and mtime
+    # (the same fast path the feature cache uses).
+    d["stats"] = [_file_stamp(p) for p in train.paths]
     d["backbone"] = backbone_spec.cache_key_fields()
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
