@@ -116,3 +116,21 @@ def test_cli_refuses_a_tampered_bundle(tmp_path, tiny_image_folder, capsys):
     image = sorted(tiny_image_folder.rglob("*.jpg"))[0]
     assert main(["predict", str(model), str(image)]) == 1
     assert "sha256" in capsys.readouterr().err
+
+
+def test_cli_train_accepts_a_fixed_C_when_too_few_images_to_choose_it(tmp_path, capsys):
+    # One image per class: C cannot be chosen on held-out data, and the error says to pass --C.
+    from PIL import Image
+
+    from transferkit.cli.main import main
+
+    data = tmp_path / "few"
+    for c, colour in enumerate([(200, 0, 0), (0, 0, 200)]):
+        (data / f"class_{c}").mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(data / f"class_{c}" / "img.png")
+    args = ["train", str(data), "--backbone", "test_efficientnet", "--weights", "none", "--engine", "torch",
+            "--val", "0", "--test", "0", "--no-report", "--no-cache", "--out", str(tmp_path / "m")]
+    assert main(args) == 1
+    assert "--C" in capsys.readouterr().err
+    assert main(args + ["--C", "0.5", "--format", "json"]) == 0
+    assert read_bundle_meta(tmp_path / "m")["config"]["C"] == 0.5

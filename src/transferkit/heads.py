@@ -283,7 +283,7 @@ class LogisticHead(_FeatureHead):
                 # does not hinge on a handful of held-out images.
                 folds = _stratified_folds(y, self.cv, self.random_state)
                 if not folds:
-                    raise HeadError("too few training images to choose C on held-out data; pass C explicitly")
+                    raise HeadError("too few training images to choose C on held-out data; pass C explicitly (`transferkit train --C 1.0`)")
                 splits = [(X[tr], y[tr], X[va], y[va]) for tr, va in folds]
             correct = {float(c): 0.0 for c in self.Cs}
             loss = {float(c): 0.0 for c in self.Cs}

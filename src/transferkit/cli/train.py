@@ -57,6 +57,8 @@ def train(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per forward pass"),
     weights: str = typer.Option("auto", "--weights", help="auto, a .safetensors/.pth file, package, hub, or none"),
     class_weight: str = typer.Option("none", "--class-weight", help="none or balanced (for imbalanced classes)"),
+    c_value: float = typer.Option(None, "--C", min=1e-9,
+                                  help="logistic head: fixed inverse L2 strength (default: chosen by validation/cross-validation)"),
     data_format: str = typer.Option("auto", "--data-format", help="dataset layout: auto, folder, oxford-pets, petimages, kaggle, csv"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the feature cache"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report"),
@@ -86,7 +88,7 @@ def train(
     output.check_format(class_weight, ("none", "balanced"))
     config = TrainConfig(
         data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,
-        val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight,
+        val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight, C=c_value,
         format=data_format, cache=not no_cache, report=not no_report, device=device,
     )
     ft_options = {"epochs": epochs, "head_epochs": head_epochs, "strategy": strategy, "lr": lr, "augment": augment,
