@@ -134,3 +134,14 @@ def test_cli_train_accepts_a_fixed_C_when_too_few_images_to_choose_it(tmp_path, 
     assert "--C" in capsys.readouterr().err
     assert main(args + ["--C", "0.5", "--format", "json"]) == 0
     assert read_bundle_meta(tmp_path / "m")["config"]["C"] == 0.5
+
+
+def test_cli_usage_errors_are_click_usage_messages_not_crash_lines(capsys):
+    from transferkit.cli.main import main
+
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "Missing argument" in err and "TRANSFERKIT_DEBUG" not in err
+    assert main(["train", "x", "--format", "yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "'yaml' is not one of table, json" in err and "TRANSFERKIT_DEBUG" not in err

@@ -104,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click usage errors and the like
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.22 raises its own vendored click's exceptions (typer._click), which are not
+        # subclasses of the installed click's: accept both, or usage errors look like crashes.
+        click_errors: tuple[type, ...] = (click.ClickException,)
+        try:
+            from typer._click.exceptions import ClickException as TyperClickException
+
+            click_errors += (TyperClickException,)
+        except ImportError:
+            pass
+        if isinstance(exc, click_errors):
             exc.show()
             return exc.exit_code
         if os.environ.get("TRANSFERKIT_DEBUG"):
