@@ -158,3 +158,9 @@ def test_malformed_bundle_json_fields_are_refused(tmp_path, tiny_backbone, key, 
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=key.replace("_", " ") if key == "class_names" else "files"):
         load_bundle(tmp_path / "m")
+
+
+def test_unwritable_bundle_path_is_a_bundle_error(tmp_path, tiny_backbone):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(BundleError, match="cannot write a bundle"):
+        save_bundle(tmp_path / "a_file" / "m", _model(tiny_backbone))

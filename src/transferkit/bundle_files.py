@@ -101,8 +101,11 @@ def write_bundle_dir(
         raise BundleError(f"cannot write a bundle to {path}: it is a file; choose a directory path")
     if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
         raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:  # read-only place, a file where a folder should be, ...
+        raise BundleError(f"cannot write a bundle to {path} ({exc.strerror or exc}); choose a writable --out") from None
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a bundle is meant to be shared
         files: dict[str, str] = {}
