@@ -28,3 +28,48 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, broken)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_replace_directory_swaps_and_restores_on_failure(tmp_path, monkeypatch):
+    from transferkit.atomic import replace_directory
+
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_directory(new, target)
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+    again = tmp_path / "again"
+    again.mkdir()
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if os.fspath(src).endswith("again"):
+            raise OSError("disk trouble")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        replace_directory(again, target)
+    monkeypatch.undo()
+    assert (target / "new.txt").read_text() == "new"  # the previous folder is back in place
+
+
+def test_replace_directory_replaces_a_symlink_without_touching_its_target(tmp_path):
+    from transferkit.atomic import replace_directory
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    new = tmp_path / "new"
+    new.mkdir()
+    replace_directory(new, link)
+    assert link.is_dir() and not link.is_symlink()
+    assert (real / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

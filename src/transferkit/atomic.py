@@ -40,3 +40,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder ``new`` at ``target`` (same file system), replacing any old folder.
+
+    The old folder is moved aside first and put back if the rename fails, so ``target`` never ends
+    up empty; it is deleted only once the new folder is in place.
+    """
+    import shutil
+    import time
+
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        if old.is_symlink() or not old.is_dir():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    return target

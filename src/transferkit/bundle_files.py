@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from transferkit import __version__
+from transferkit.atomic import replace_directory
 from transferkit.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,7 @@ def write_bundle_dir(
             os.fsync(f.fileno())
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask())
-        # Swap in atomically: move any old bundle aside, rename the new one, then delete the old.
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:  # put the previous bundle back rather than leave nothing at `path`
-                os.replace(old, path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, path)  # the previous bundle is put back if the swap fails
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from transferkit.atomic import replace_directory
 from transferkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -253,9 +254,7 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
                 raise DownloadError(f"{archive} could not be unpacked ({exc}); delete it and download again") from None
         else:
             raise DownloadError(f"do not know how to unpack {archive.name} (expected .tar.gz, .tar or .zip)")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_directory(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

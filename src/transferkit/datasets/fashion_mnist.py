@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.atomic import replace_directory
 from transferkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,7 @@ def prepare_fashion_mnist(
             "classes": list(CLASS_NAMES),
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_directory(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
