@@ -182,6 +182,29 @@ def test_onnx_mismatch_falls_back_to_torch_with_warning(monkeypatch, tiny_backbo
         create_engine(tiny_backbone, "onnxruntime")
 
 
+def test_a_stale_cached_onnx_graph_is_exported_again(tiny_backbone):
+    """A cached graph that loads but no longer matches PyTorch is replaced, not trusted forever."""
+    from transferkit.backbones import create_backbone
+    from transferkit.features.engines import OnnxEngine, export_onnx
+
+    cache = FeatureCache()
+    path = create_engine(tiny_backbone, "onnxruntime", cache_dir=cache.directory).path
+    other = create_backbone("test_efficientnet", weights="none", image_size=32, seed=7)
+    export_onnx(other, path)  # a loadable graph with the wrong weights under the right name
+    engine = create_engine(tiny_backbone, "onnxruntime", cache_dir=cache.directory)
+    assert isinstance(engine, OnnxEngine) and engine.max_abs_diff < 1e-4
+
+
+def test_a_failing_fresh_export_is_not_left_in_the_cache(monkeypatch, tiny_backbone):
+    import transferkit.features.engines as engines
+
+    cache = FeatureCache()
+    monkeypatch.setattr(engines, "ONNX_MAX_ABS_DIFF", -1.0)
+    with pytest.raises(engines.EngineError, match="differs from PyTorch"):
+        create_engine(tiny_backbone, "onnxruntime", cache_dir=cache.directory)
+    assert not engines.onnx_model_path(tiny_backbone, cache.directory).exists()
+
+
 def test_unknown_engine_is_refused(tiny_backbone):
     from transferkit.features import EngineError
 

@@ -160,8 +160,6 @@ class OnnxEngine:
         except ImportError:
             raise EngineError("onnxruntime is not installed (pip install onnxruntime); or use --engine torch") from None
         self.path = onnx_model_path(backbone, cache_dir)
-        if not self.path.is_file():
-            export_onnx(backbone, self.path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
@@ -169,12 +167,29 @@ class OnnxEngine:
         # Decoding runs on the same cores between batches: idle ORT threads must not spin.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        fresh = not self.path.is_file()
+        if fresh:
+            export_onnx(backbone, self.path)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # a corrupt cached file: export again once
+            self._open_and_check(ort, opts, backbone)
+        except Exception as exc:
+            if fresh:  # a graph exported just now is wrong: never leave it for the next run
+                self.path.unlink(missing_ok=True)
+                raise
+            # A corrupt or stale cached graph: export again once, then it must pass.
             log.warning("cached ONNX model %s unusable (%s); exporting again", self.path, exc)
             export_onnx(backbone, self.path)
+            try:
+                self._open_and_check(ort, opts, backbone)
+            except Exception:
+                self.path.unlink(missing_ok=True)
+                raise
+
+    def _open_and_check(self, ort, opts, backbone: nn.Module) -> None:
+        try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise EngineError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.max_abs_diff = self._check_against_torch(backbone)
 
     def _check_against_torch(self, backbone: nn.Module) -> float:
