@@ -148,8 +148,9 @@ class _DeferredModel:
         return ClassifierModel(backbone, self.head, self.class_names).eval()
 
 
-def _load_split(config: TrainConfig, imageset=None):
-    from transferkit.data import load_images, split_imageset
+def load_config_imageset(config: TrainConfig, imageset=None):
+    """``imageset``, or the images at ``config.data``; one clear error when there are none."""
+    from transferkit.data import load_images
 
     if imageset is None:
         if not config.data:
@@ -157,6 +158,14 @@ def _load_split(config: TrainConfig, imageset=None):
         imageset = load_images(config.data, format=config.format)
     if len(imageset) == 0:
         raise DataError(f"no usable images in {config.data}; check the path and `transferkit data inspect`")
+    return imageset
+
+
+def _load_split(config: TrainConfig, imageset=None):
+    """The images of ``config`` split into train / val / test as ``config`` says."""
+    from transferkit.data import split_imageset
+
+    imageset = load_config_imageset(config, imageset)
     return split_imageset(imageset, val=config.val, test=config.test, seed=config.seed, stratified=True)
 
 

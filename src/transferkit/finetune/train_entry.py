@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit.atomic import atomic_write
 from transferkit.errors import DataError
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 
@@ -85,8 +86,6 @@ def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
 
 def curves_png(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,32 +101,24 @@ def curves_png(history: list[dict], path: Path) -> Path:
         ax.set_ylabel(key)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        atomic_write(path, fig.savefig)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None):
     """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``."""
     from transferkit.backbones import create_backbone
     from transferkit.bundle import save_bundle
-    from transferkit.data import load_images, split_imageset
     from transferkit.evaluate import evaluate_probabilities
     from transferkit.finetune.loop import finetune
-    from transferkit.train import TrainResult
+    from transferkit.train import TrainResult, _load_split
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if imageset is None:
-        if not config.data:
-            raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
-        imageset = load_images(config.data, format=config.format)
-    if len(imageset) == 0:
-        raise DataError(f"no usable images in {config.data}; check the path and `transferkit data inspect`")
-    data = split_imageset(imageset, val=config.val, test=config.test, seed=config.seed, stratified=True)
+    data = _load_split(config, imageset)
     timings["load_data"] = time.perf_counter() - t
     ft_cfg, tta = finetune_config_from(config, finetune_config)
     if backbone is None:
@@ -176,15 +167,10 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
 
 def train_auto(config, **kwargs):
     """``--mode auto``: probe or fine-tune by :func:`transferkit.finetune.choose_mode` (data size, device)."""
-    from transferkit.data import load_images
     from transferkit.finetune import auto_finetune_config, choose_mode
-    from transferkit.train import train_probe
+    from transferkit.train import load_config_imageset, train_probe
 
-    imageset = kwargs.pop("imageset", None)
-    if imageset is None:
-        if not config.data:
-            raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
-        imageset = load_images(config.data, format=config.format)
+    imageset = load_config_imageset(config, kwargs.pop("imageset", None))
     counts = np.bincount(imageset.labels, minlength=len(imageset.class_names))
     train_share = max(0.0, 1.0 - config.val - config.test)
     mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
