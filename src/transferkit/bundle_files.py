@@ -9,7 +9,6 @@ from numpy arrays as from the equal torch tensors, so both routes give identical
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 from transferkit import __version__
 from transferkit.atomic import replace_directory
+from transferkit.backbones.weights import sha256_of_bytes
 from transferkit.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,8 @@ HEAD_FILE = "head.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# Bundle integrity checks hash the bytes every time (never the memoised weights hash).
+sha256_file = sha256_of_bytes
 
 
 def umask() -> int:

@@ -17,17 +17,22 @@ log = logging.getLogger(__name__)
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def sha256_of_bytes(path: str | Path) -> str:
+    """sha256 of a file's bytes, read every time (for integrity checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
-    """sha256 of a file's bytes (memoised on path, size and mtime)."""
+    """sha256 of a file's bytes, memoised on path, size and mtime (for large weights read often)."""
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_of_bytes(path)
     return _SHA_CACHE[key]
 
 

@@ -16,7 +16,6 @@ The directory is ``$TRANSFERKIT_CACHE_DIR`` or ``~/.cache/transferkit``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from transferkit.backbones.weights import sha256_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,6 @@ def default_cache_dir() -> Path:
     """``$TRANSFERKIT_CACHE_DIR`` if set, else ``~/.cache/transferkit``."""
     env = os.environ.get("TRANSFERKIT_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit"
-
-
-def sha256_bytes_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -135,7 +128,7 @@ class FeatureCache:
                 out.append(rec[3])
                 continue
             try:
-                digest = sha256_bytes_of(Path(key))
+                digest = sha256_of_bytes(Path(key))
             except OSError:
                 out.append(None)
                 continue
