@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from transferkit.atomic import atomic_write
 from transferkit.data.imageset import ImageSet
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 
@@ -108,8 +109,6 @@ def lr_find(
 
 def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     """Save the loss-vs-LR curve (log x axis) with the suggestion marked, as a PNG (written atomically)."""
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,9 +123,8 @@ def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     ax.set_ylabel("smoothed training loss")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        atomic_write(path, fig.savefig)
+    finally:
+        plt.close(fig)
+    return Path(path)
