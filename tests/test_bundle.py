@@ -164,3 +164,17 @@ def test_unwritable_bundle_path_is_a_bundle_error(tmp_path, tiny_backbone):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(BundleError, match="cannot write a bundle"):
         save_bundle(tmp_path / "a_file" / "m", _model(tiny_backbone))
+
+
+def test_overwriting_a_bundle_names_what_else_it_removes(tmp_path, tiny_backbone, caplog):
+    save_bundle(tmp_path / "m", _model(tiny_backbone))
+    (tmp_path / "m" / "evaluation").mkdir()
+    (tmp_path / "m" / "evaluation" / "report.html").write_text("old model")
+    (tmp_path / "m" / "my_notes.txt").write_text("mine")
+    with caplog.at_level("INFO", logger="transferkit.bundle_files"):
+        save_bundle(tmp_path / "m", _model(tiny_backbone))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    infos = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert len(warnings) == 1 and "my_notes.txt" in warnings[0] and "evaluation/" not in warnings[0]
+    assert any("evaluation/" in m for m in infos)
+    assert not (tmp_path / "m" / "evaluation").exists()  # a report of the old model does not describe the new one

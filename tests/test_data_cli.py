@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from transferkit.cli.main import main
@@ -67,3 +69,17 @@ def test_inspect_max_pixels_and_no_cache(tmp_path, capsys):
     assert main(["data", "inspect", str(root), "--json", "--max-pixels", "0", "--no-cache"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["counts"]["kept"] == 21 and info["counts"]["rejected"] == 5 and info["cache_hits"] == 0
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_command_line_asks_openmp_for_passive_waiting_unless_the_user_chose(preset, expected):
+    """Spinning OpenMP threads cost up to 76x on a shared 2-core box; the CLI sets PASSIVE before torch loads."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sys, transferkit.cli.main; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, "False"]

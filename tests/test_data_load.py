@@ -265,6 +265,19 @@ def test_cache_notices_changed_files_and_options(messy_folder):
     assert load_images(messy_folder, allow_truncated=True).report.cache_hits == 0
 
 
+def test_cache_forgets_deleted_files(messy_folder):
+    load_images(messy_folder)
+    (cache_file,) = (Path(os.environ["TRANSFERKIT_CACHE_DIR"]) / "verify").glob("*.json")
+    before = json.loads(cache_file.read_text())["entries"]
+    gone = messy_folder / "a" / "rgb.jpg"
+    assert str(gone) in before
+    gone.unlink()
+    again = load_images(messy_folder)
+    after = json.loads(cache_file.read_text())["entries"]
+    assert str(gone) not in after and set(after) == set(before) - {str(gone)}
+    assert again.report.cache_hits == len(after)
+
+
 def test_corrupt_cache_is_ignored(messy_folder):
     load_images(messy_folder)
     for f in (Path(os.environ["TRANSFERKIT_CACHE_DIR"]) / "verify").glob("*.json"):

@@ -229,3 +229,22 @@ def test_cache_dir_comes_from_environment(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("TRANSFERKIT_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "transferkit"
+
+
+def test_extraction_decodes_with_the_imagesets_own_options(tmp_path, tiny_backbone):
+    """A truncated JPEG kept by ``load_images(allow_truncated=True)`` must not be rejected by extraction."""
+    from transferkit.data import load_images
+    from transferkit.data.messy import write_bad_files, write_good_images
+
+    write_good_images(tmp_path / "d" / "a")
+    write_bad_files(tmp_path / "d" / "b")
+    images = load_images(tmp_path / "d", allow_truncated=True)
+    assert images.decode_options["allow_truncated"] is True
+    truncated = [i for i, p in enumerate(images.paths) if p.name == "truncated.jpg"]
+    assert len(truncated) == 1
+    kept = extract_features(images.paths, tiny_backbone, engine="torch", cache=False, decode_options=images.decode_options)
+    assert kept.ok.all(), kept.errors
+    strict = extract_features(images.paths, tiny_backbone, engine="torch", cache=False)
+    assert not strict.ok[truncated[0]] and "truncated" in strict.errors[str(images.paths[truncated[0]])]
+    # subsets keep the options (they share the report)
+    assert images.subset(truncated).decode_options == images.decode_options

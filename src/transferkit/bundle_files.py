@@ -129,12 +129,35 @@ def write_bundle_dir(
             os.fsync(f.fileno())
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask())
+        extras = _extra_entries(path)
         replace_directory(tmp, path)  # the previous bundle is put back if the swap fails
+        generated = [e for e in extras if e in GENERATED_ENTRIES]
+        others = [e for e in extras if e not in GENERATED_ENTRIES]
+        if generated:
+            log.info("replaced the bundle %s and the old model's %s", path, ", ".join(generated))
+        if others:
+            log.warning("replaced the bundle %s; also removed what was kept inside it with the old model: %s", path, ", ".join(others))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("saved bundle %s (%d classes, backbone %s)", path, len(class_names), spec.name)
     return path
+
+
+# Folders transferkit itself writes inside a bundle: reports of the model they sit beside.
+GENERATED_ENTRIES = ("report/", "evaluation/")
+
+
+def _extra_entries(path: Path) -> list[str]:
+    """Names inside an existing bundle folder that are not bundle files (e.g. an ``evaluation/`` report)."""
+    meta_file = path / BUNDLE_JSON
+    if not meta_file.is_file():
+        return []
+    try:
+        known = set(json.loads(meta_file.read_text()).get("files", {})) | {BUNDLE_JSON}
+    except (OSError, ValueError, AttributeError):
+        known = {BUNDLE_JSON}
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in known)
 
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "json_safe", "save_numpy_weights", "sha256_file", "write_bundle_dir"]

@@ -148,10 +148,11 @@ class Prediction:
         return {"path": self.path, "error": self.error or None, "predictions": [{"label": c, "probability": p} for c, p in self.top]}
 
 
-def _model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device):
+def _model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device, decode_options=None):
     from transferkit.features import extract_features
 
-    return extract_features(paths, model.backbone, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
+    return extract_features(paths, model.backbone, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
+                            decode_options=decode_options)
 
 
 def predict_images(
@@ -196,7 +197,8 @@ def evaluate_model(
             f"the model knows {', '.join(model.class_names[:8])}{' ...' if len(model.class_names) > 8 else ''}"
         )
     to_model = np.array([model.class_names.index(c) for c in imageset.class_names], dtype=np.int64)
-    feats = _model_features(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
+    feats = _model_features(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
+                            decode_options=imageset.decode_options)
     good = np.flatnonzero(feats.ok)
     if len(good) == 0:
         raise DataError("none of the images could be read; see `transferkit data inspect`")

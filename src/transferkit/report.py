@@ -125,7 +125,7 @@ def _thumbnail_b64(path: str, size: int = 160) -> str | None:
     from transferkit.data.decode import ImageDecodeError, open_rgb
 
     try:
-        img = open_rgb(path, draft_size=size)
+        img = open_rgb(path, draft_size=size, allow_truncated=True)  # a thumbnail of a cut-off photo still helps
     except (ImageDecodeError, OSError):
         return None
     img.thumbnail((size, size))

@@ -226,7 +226,7 @@ def train_probe(
         t = time.perf_counter()
         feats = extract_features(
             data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
-            workers=config.workers, progress=progress, device=config.device,
+            workers=config.workers, progress=progress, device=config.device, decode_options=data.decode_options,
         )
         timings["features"] = time.perf_counter() - t
         if cache is not None and spec.is_pretrained:

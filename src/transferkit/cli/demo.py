@@ -27,13 +27,6 @@ def demo(
     The dataset is, in order: --data; --dataset; Oxford-IIIT Pet (cached, or downloaded when the
     site is reachable); Fashion-MNIST from the Debian package dataset-fashion-mnist.
     """
-    import os
-
-    # OpenMP threads that spin while waiting (the default) waste most of the CPU when other work
-    # shares the cores: measured here, an ideal-image step took 7.9 s/step spinning and 0.10 s/step
-    # passive with 2 threads on a busy 2-core machine. Must be set before torch loads; a value the
-    # user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import warnings
 
     # scikit-learn's notices about its own future API say nothing a demo user can act on.

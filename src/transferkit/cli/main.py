@@ -11,10 +11,17 @@ import logging
 import os
 import sys
 
-import typer
+# OpenMP threads that spin while they wait (the default) waste most of the CPU when other work shares
+# the cores: measured on a busy 2-core machine, 7.9 s per step spinning vs 0.10 s passive
+# (benchmarks/results/demo.md). The command line is where transferkit owns the process, so it asks
+# for passive waiting before anything imports torch; a value the user set wins. (Library users set
+# the variable themselves; it must be in the environment before torch loads.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from transferkit import __version__
-from transferkit.cli import output
+import typer  # noqa: E402
+
+from transferkit import __version__  # noqa: E402
+from transferkit.cli import output  # noqa: E402
 
 app = typer.Typer(
     name="transferkit",

@@ -159,6 +159,18 @@ class ImageSet:
             sizes=[self.sizes[i] for i in idx] if self.sizes is not None else None,
         )
 
+    @property
+    def decode_options(self) -> dict[str, Any]:
+        """The decode options the loader verified these images with (``allow_truncated``, ``max_pixels``).
+
+        Every later stage that decodes the files (feature extraction, fine-tuning, evaluation) passes
+        them on, so an image the loader kept is not rejected later for a stricter default.
+        """
+        from transferkit.data.decode import DEFAULT_MAX_PIXELS
+
+        opts = self.report.options if self.report is not None else {}
+        return {"allow_truncated": bool(opts.get("allow_truncated", False)), "max_pixels": opts.get("max_pixels", DEFAULT_MAX_PIXELS)}
+
     def relative_paths(self) -> list[str]:
         """Paths relative to ``root`` with '/' separators (absolute when outside ``root``)."""
         out = []

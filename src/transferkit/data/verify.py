@@ -166,6 +166,16 @@ class VerifyCache:
         self.entries[str(path)] = {"stat": stat_key, "check": check.to_json()}
         self.dirty = True
 
+    def prune(self, current: set[str]) -> int:
+        """Drop entries of files that no longer exist (``current`` paths are known to; others are checked)."""
+        gone = [k for k in self.entries if k not in current and not os.path.lexists(k)]
+        for k in gone:
+            del self.entries[k]
+        if gone:
+            self.dirty = True
+            logger.info("verify cache: dropped %d entries of deleted files", len(gone))
+        return len(gone)
+
     def save(self) -> None:
         """Write atomically (temp file + os.replace) so a crash never leaves half a cache."""
         if not self.dirty:
@@ -267,6 +277,7 @@ def verify_files(
     if store is not None:
         for i in todo:
             store.put(paths[i], stat_keys[i], results[i])  # type: ignore[arg-type]
+        store.prune({str(p) for p, k in zip(paths, stat_keys) if k is not None})
         store.save()
     seconds = time.perf_counter() - start
     logger.info(

@@ -60,11 +60,11 @@ def model_cache_key(backbone) -> str:
     )
 
 
-def _decode(path: Path, spec) -> tuple[np.ndarray | None, str]:
+def _decode(path: Path, spec, decode_options: dict) -> tuple[np.ndarray | None, str]:
     from transferkit.data.decode import ImageDecodeError
 
     try:
-        return decode_uint8(path, spec), ""
+        return decode_uint8(path, spec, **decode_options), ""
     except ImageDecodeError as exc:
         return None, str(exc)
     except Exception as exc:  # a decoder bug on one odd file must not end a long run
@@ -128,6 +128,7 @@ def extract_features(
     workers: int = 2,
     progress: ProgressCallback | None = None,
     device: str | None = None,
+    decode_options: dict | None = None,
 ) -> Features:
     """Pooled features of ``backbone`` for each image, from the cache where possible.
 
@@ -141,6 +142,9 @@ def extract_features(
         workers: decoding threads (Pillow releases the GIL while decoding and resizing).
         progress: optional ``progress(done, total)`` callback.
         device: torch device for the torch engine.
+        decode_options: ``allow_truncated`` / ``max_pixels`` for decoding (pass an ImageSet's
+            :attr:`~transferkit.data.imageset.ImageSet.decode_options`, so files the loader kept
+            under those options are not rejected here).
 
     Returns:
         :class:`Features`; undecodable images are reported in ``errors``, not raised.
@@ -179,7 +183,7 @@ def extract_features(
                     i = next(it, None)
                     if i is None:
                         return
-                    pending.append((i, pool.submit(_decode, paths[i], spec)))
+                    pending.append((i, pool.submit(_decode, paths[i], spec, dict(decode_options or {}))))
 
             refill()
             while pending:

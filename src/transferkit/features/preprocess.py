@@ -32,15 +32,17 @@ def preprocessing_fields(spec: BackboneSpec) -> dict:
     }
 
 
-def decode_uint8(path: str | Path, spec: BackboneSpec) -> np.ndarray:
+def decode_uint8(path: str | Path, spec: BackboneSpec, **decode_options) -> np.ndarray:
     """Decode ``path`` and apply the backbone's resize and crop: a ``[H, W, 3]`` uint8 array.
+
+    ``decode_options`` (``allow_truncated``, ``max_pixels``) go to :func:`~transferkit.data.decode.open_rgb`.
 
     Raises:
         ImageDecodeError: the file is not a readable image (the message says why).
     """
     from transferkit.data.decode import open_rgb, resize_center_crop
 
-    img = open_rgb(path, draft_size=spec.resize_size)
+    img = open_rgb(path, draft_size=spec.resize_size, **decode_options)
     return np.asarray(resize_center_crop(img, spec), dtype=np.uint8)
 
 

@@ -31,10 +31,11 @@ class DecodedImages:
     augmentation itself, and would otherwise repeat every epoch.
     """
 
-    def __init__(self, paths, short_side: int, cache: bool = True) -> None:
+    def __init__(self, paths, short_side: int, cache: bool = True, decode_options: dict | None = None) -> None:
         self.paths = list(paths)
         self.short_side = int(short_side)
         self.cache = cache
+        self.decode_options = dict(decode_options or {})
         self._store: dict[int, object] = {}
 
     def get(self, index: int):
@@ -45,7 +46,7 @@ class DecodedImages:
 
         from transferkit.data.decode import open_rgb
 
-        img = open_rgb(self.paths[index], draft_size=self.short_side)
+        img = open_rgb(self.paths[index], draft_size=self.short_side, **self.decode_options)
         w, h = img.size
         if self.cache and min(w, h) > self.short_side:
             scale = self.short_side / min(w, h)
@@ -64,7 +65,7 @@ class AugmentedImages(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
-        self.decoded = DecodedImages(images.paths, short_side, cache=cache_decoded)
+        self.decoded = DecodedImages(images.paths, short_side, cache=cache_decoded, decode_options=images.decode_options)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

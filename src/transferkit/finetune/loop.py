@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -158,8 +159,9 @@ def _load_eval_pixels(images: ImageSet, spec, image_size: int | None = None) -> 
     tf = eval_transform(spec, image_size)
     size = int(image_size or spec.image_size)
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    options = images.decode_options
     for i, p in enumerate(images.paths):
-        out[i] = tf(open_rgb(p, draft_size=int(size / spec.crop_pct))).mul(255).round().to(torch.uint8)
+        out[i] = tf(open_rgb(p, draft_size=int(size / spec.crop_pct), **options)).mul(255).round().to(torch.uint8)
     return out
 
 
@@ -205,7 +207,12 @@ def _fit_probe_head(features: torch.Tensor, labels: np.ndarray, head: nn.Linear,
     if C is None and np.bincount(labels).min() >= 5 and len(np.unique(labels)) > 1:
         cv = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], cv=5, scoring="neg_log_loss", max_iter=2000,
                                   random_state=seed)
-        C = float(np.ravel(cv.fit(X, labels).C_)[0])
+        with warnings.catch_warnings():
+            # scikit-learn 1.8 announces new defaults (l1_ratios, fitted attributes) that do not change
+            # an L2 fit or C_; the options that silence it do not exist in older releases.
+            warnings.simplefilter("ignore", FutureWarning)
+            cv.fit(X, labels)
+        C = float(np.ravel(cv.C_)[0])
         log.info("probe head: C=%g chosen by 5-fold cross-validated log loss", C)
     clf = LogisticRegression(C=1.0 if C is None else C, max_iter=2000, random_state=seed)
     clf.fit(X, labels)

@@ -68,9 +68,10 @@ def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
         raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:8])}")
     to_model = np.array([model.class_names.index(c) for c in images.class_names], dtype=np.int64)
     good, failed = [], {}
+    options = images.decode_options
     for i, p in enumerate(images.paths):
         try:
-            open_rgb(p)
+            open_rgb(p, **options)
             good.append(i)
         except ImageDecodeError as exc:
             failed[str(p)] = str(exc)
