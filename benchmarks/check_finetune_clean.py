@@ -62,7 +62,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # The pre-declared candidates, in tie-break order (cheapest first).

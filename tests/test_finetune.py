@@ -212,6 +212,28 @@ def test_resume_after_crash_ends_where_an_uninterrupted_run_ends(tiny_image_fold
         finetune(ims, _resume_config(tmp_path / "run", resume=True, lr=1e-3), backbone=tiny_backbone)
 
 
+def test_the_probe_comes_back_when_no_epoch_beats_it_on_validation(tiny_image_folder, tiny_backbone):
+    ims = _imageset(tiny_image_folder, val_every=3)
+    # A learning rate this large wrecks the network in one step: validation must keep the probe.
+    cfg = FinetuneConfig(epochs=2, head_epochs=0, unfreeze="all", batch_size=4, lr=50.0, grad_clip=None, warmup_frac=0.0,
+                         schedule="constant", augment="none", patience=None, seed=0)
+    model, hist = finetune(ims, cfg, backbone=tiny_backbone)
+    assert model.fit_info["best_epoch"] == 0
+    assert all((r["val_acc"], -r["val_loss"]) < (hist[0]["val_acc"], -hist[0]["val_loss"]) for r in hist[1:])
+    # the returned model is the starting point: the backbone's weights are the pretrained ones
+    start = tiny_backbone.state_dict()
+    back = model.backbone.state_dict()
+    assert all(torch.equal(start[k], back[k]) for k in start)
+    # ... and it scores what epoch 0 scored
+    from transferkit.finetune.loop import _load_eval_pixels
+
+    val = ims.where_split("val")
+    with torch.no_grad():
+        logits = model(_load_eval_pixels(val, model.spec).float() / 255)
+    loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(val.labels)).item()
+    assert loss == pytest.approx(hist[0]["val_loss"], rel=1e-4, abs=1e-5)
+
+
 _KILL_SCRIPT = """
 import os, signal, sys
 import numpy as np
@@ -323,6 +345,35 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
     auto = train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="auto",
                              val=0.2, test=0.2, cache=False))
     assert auto.metrics["auto"]["mode"] == "probe" and "smallest class" in auto.metrics["auto"]["reason"]
+
+
+def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_folder, tiny_backbone, monkeypatch, tmp_path):
+    import tempfile
+
+    import transferkit.finetune.loop as loop
+    from transferkit.finetune import auto_candidates, auto_finetune_config
+    from transferkit.finetune.train_entry import train_finetune
+    from transferkit.train import TrainConfig
+
+    calls = []
+    real_cache = loop._cache_trunk
+    monkeypatch.setattr(loop, "_cache_trunk", lambda *a, **k: calls.append(1) or real_cache(*a, **k))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the candidates' scratch folder lands here
+    base = auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=2, batch_size=4)
+    assert [c["lr"] for c in auto_candidates(base)] == [3e-4, 2e-3] and auto_candidates(base, {"lr": 0.1}) == [{}]
+    # val=0: the training images lose 15 % to a held-out part that chooses between the candidates.
+    cfg = TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune",
+                      val=0.0, test=0.2, batch_size=4, cache=False, out=None)
+    result = train_finetune(cfg, backbone=tiny_backbone, finetune_config=base, candidates=[{"lr": 1e-3}, {"lr": 60.0}])
+    table = result.metrics["finetune"]["candidates"]
+    assert [row["lr"] for row in table] == [1e-3, 60.0] and sum(bool(row.get("chosen")) for row in table) == 1
+    chosen = next(row for row in table if row.get("chosen"))
+    assert (chosen["val_acc"], -chosen["val_loss"]) == max((row["val_acc"], -row["val_loss"]) for row in table)
+    assert result.metrics["finetune"]["config"]["lr"] == chosen["lr"] and result.metrics["finetune"]["config"]["checkpoint_dir"] is None
+    assert len(calls) == 1  # the second candidate reused the first one's trunk activations
+    images = result.metrics["images"]
+    assert images["val"] >= 2 and images["train"] + images["val"] + images["test"] == 18
+    assert not list(tmp_path.glob("transferkit-candidates-*"))  # scratch folder removed
 
 
 def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_folder, tiny_backbone, tmp_path):

@@ -47,7 +47,8 @@ def train(
     mode: str = typer.Option("probe", "--mode", help=(
         "probe (frozen features + head), finetune (LP-FT: probe-initialised head, staged unfreezing, frozen BatchNorm) or "
         "auto: probe if the smallest class has < 20 training images; else finetune (GPU: whole network; CPU: top blocks on "
-        "cached trunk activations up to 20000 training images, probe above)")),
+        "cached trunk activations up to 20000 training images, two learning rates compared on validation, the probe kept if "
+        "neither beats it; probe above 20000)")),
     out: Path = typer.Option(Path("model"), "--out", "-o", help="bundle directory to write"),
     engine: str = typer.Option("auto", "--engine", help="feature engine: auto, torch or onnxruntime"),
     seed: int = typer.Option(0, "--seed", help="seed for the split and the head"),

@@ -583,7 +583,15 @@ def _finetune(train, val, config, backbone, weights, on_step):
     start_epoch, start_step = state["epoch"], state["step"]
     if not state["history"] and start_step == 0 and run.val_inputs is not None:
         # Epoch 0: the starting point (with head_init="probe", the linear probe LP-FT starts from).
-        state["history"].append({"epoch": 0, "stage": 0, "lr": 0.0, **evaluate(run)})
+        row0 = {"epoch": 0, "stage": 0, "lr": 0.0, **evaluate(run)}
+        state["history"].append(row0)
+        if cfg.head_init == "probe":
+            # The probe is a model in its own right: if no epoch beats it on validation, it is what
+            # comes back (best_epoch 0), never a fine-tune that validation says is worse.
+            state["best_metric"], state["best_epoch"] = [row0["val_acc"], -row0["val_loss"]], 0
+            best_state = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
+            if ckpt_dir is not None and run.dist.is_main:
+                save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": 0})
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
             break

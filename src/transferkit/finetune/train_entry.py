@@ -109,8 +109,73 @@ def curves_png(history: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None):
-    """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``."""
+def _kept_score(model, history: list[dict]) -> tuple[float, float]:
+    """(val accuracy, -val log loss) of the epoch a validated run kept."""
+    row = next(r for r in history if r["epoch"] == model.fit_info["best_epoch"])
+    return row["val_acc"], -row["val_loss"]
+
+
+def _share_trunk_cache(source: Path, target: Path) -> None:
+    """Make the trunk activations ``source`` computed visible to a later candidate (hard link, else copy)."""
+    import os
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.glob("trunk-*.pt"):
+        if not (target / f.name).exists():
+            try:
+                os.link(f, target / f.name)
+            except OSError:
+                shutil.copy2(f, target / f.name)
+
+
+def finetune_candidates(train, val, base: FinetuneConfig, candidates: list[dict], *, backbone) -> tuple[Any, list[dict], FinetuneConfig, list[dict]]:
+    """Run ``finetune`` once per candidate (overrides of ``base``); keep the best on validation.
+
+    Candidates that differ only in optimisation settings share one trunk-activation cache (each
+    gets its own checkpoint folder under ``base.checkpoint_dir``, or a temporary one). Returns
+    ``(model, history, config, table)``; ``table`` has one row per candidate.
+    """
+    import tempfile
+
+    from transferkit.finetune.loop import finetune
+
+    if len(candidates) <= 1:
+        cfg = dataclasses.replace(base, **(candidates[0] if candidates else {})).validate()
+        model, history = finetune(train, cfg, backbone=backbone, val=val)
+        return model, history, cfg, []
+    best = None
+    table: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="transferkit-candidates-") as tmp:
+        root = Path(base.checkpoint_dir) if base.checkpoint_dir else Path(tmp)
+        previous: Path | None = None
+        for i, overrides in enumerate(candidates):
+            folder = root / f"candidate-{i}"
+            if previous is not None:
+                _share_trunk_cache(previous, folder)
+            cfg = dataclasses.replace(base, **overrides, checkpoint_dir=str(folder)).validate()
+            t = time.perf_counter()
+            model, history = finetune(train, cfg, backbone=backbone, val=val)
+            score = _kept_score(model, history)
+            table.append({**overrides, "best_epoch": model.fit_info["best_epoch"], "val_acc": score[0], "val_loss": -score[1],
+                          "seconds": round(time.perf_counter() - t, 2)})
+            log.info("candidate %d %s: kept epoch %d, val acc %.4f, val loss %.4f", i, overrides, model.fit_info["best_epoch"],
+                     score[0], -score[1])
+            if best is None or score > best[0]:  # ties keep the earlier candidate
+                best = (score, model, history, cfg if base.checkpoint_dir else dataclasses.replace(cfg, checkpoint_dir=None), i)
+            previous = folder
+    _, model, history, cfg, index = best
+    table[index]["chosen"] = True
+    return model, history, cfg, table
+
+
+def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None,
+                   candidates: list[dict] | None = None):
+    """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``.
+
+    ``candidates`` (``--mode auto``): overrides of the fine-tuning config to compare on validation
+    data; without a validation split, 15 % of the training images are held out for the choice.
+    """
     from transferkit.backbones import create_backbone
     from transferkit.bundle import save_bundle
     from transferkit.evaluate import evaluate_probabilities
@@ -129,8 +194,18 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
     test = data.where_split("test") if "test" in data.split else None
     if len(train) == 0:
         raise DataError("the split left no training images; lower --val/--test")
+    if candidates and len(candidates) > 1 and (val is None or not len(val)):
+        from transferkit.data import split_imageset
+
+        inner = split_imageset(train, val=0.15, test=0.0, seed=config.seed, stratified=True, use_official=False)
+        train, val = inner.where_split("train"), inner.where_split("val")
+        log.info("no validation split: held out %d of the training images to choose between %d settings", len(val), len(candidates))
     t = time.perf_counter()
-    model, history = finetune(train, ft_cfg, backbone=backbone, val=val)
+    if candidates:
+        model, history, ft_cfg, table = finetune_candidates(train, val, ft_cfg, candidates, backbone=backbone)
+    else:
+        model, history = finetune(train, ft_cfg, backbone=backbone, val=val)
+        table = []
     timings["finetune"] = time.perf_counter() - t
 
     held_out, evaluation = ("test", test) if test is not None and len(test) else ("val", val) if val is not None and len(val) else ("", None)
@@ -143,10 +218,12 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
         metrics["split"] = held_out
         metrics["tta"] = tta
         timings["evaluate"] = time.perf_counter() - t
-    metrics["images"] = {s: int(sum(1 for v in data.split if v == s)) for s in ("train", "val", "test")}
+    metrics["images"] = {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test) if test is not None else 0}
     metrics["mode"] = "finetune"
     metrics["history"] = history
     metrics["finetune"] = {**model.fit_info, "config": ft_cfg.to_dict()}
+    if table:
+        metrics["finetune"]["candidates"] = table
 
     bundle_path = report_path = None
     if config.out:
@@ -168,7 +245,7 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
 
 def train_auto(config, **kwargs):
     """``--mode auto``: probe or fine-tune by :func:`transferkit.finetune.choose_mode` (data size, device)."""
-    from transferkit.finetune import auto_finetune_config, choose_mode
+    from transferkit.finetune import auto_candidates, auto_finetune_config, choose_mode
     from transferkit.train import load_config_imageset, train_probe
 
     imageset = load_config_imageset(config, kwargs.pop("imageset", None))
@@ -181,6 +258,8 @@ def train_auto(config, **kwargs):
         probe_options = {k: v for k, v in (config.options or {}).items() if k not in ft_keys}
         result = train_probe(dataclasses.replace(config, mode="probe", options=probe_options), imageset=imageset, **kwargs)
     else:
-        result = train_finetune(config, imageset=imageset, finetune_config=auto_finetune_config(config.device or "auto"), **kwargs)
+        base = auto_finetune_config(config.device or "auto")
+        candidates = auto_candidates(base, config.options)
+        result = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, **kwargs)
     result.metrics["auto"] = {"mode": mode, "reason": reason}
     return result
