@@ -433,3 +433,24 @@ def test_trunk_cache_key_changes_when_an_image_is_edited_in_place(tiny_image_fol
     data = edited.read_bytes()
     edited.write_bytes(data + b"\0")  # same path, new content: cached activations are stale
     assert _trunk_cache_key(cfg, ims, spec) != before
+
+
+def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_which_won(tmp_path, capsys):
+    from PIL import Image
+
+    from transferkit.cli.main import main
+
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+        folder = tmp_path / "data" / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(34):  # 34 per class: auto's rule needs >= 20 training images per class
+            arr = np.clip(np.array(colour) + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i}.jpg")
+    code = main(["train", str(tmp_path / "data"), "--mode", "auto", "--backbone", "test_efficientnet", "--weights", "none",
+                 "--device", "cpu", "--epochs", "1", "--batch-size", "16", "--no-report", "--no-cache", "--out", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "--mode auto chose" in out and "finetune" in out
+    assert "candidate lr 0.0003" in out and "candidate lr 0.002" in out and out.count("<- chosen") == 1
+    assert "kept epoch" in out

@@ -111,10 +111,25 @@ def train(
         rows += [(f"{m['split']} accuracy", f"{m['accuracy']:.4f}")]
         rows += [(f"{m['split']} {k} accuracy", f"{v:.4f}") for k, v in m["top_k"].items() if k != "top1"]
         rows += [(f"{m['split']} macro F1", f"{m['macro_f1']:.4f}"), (f"{m['split']} calibration error (ECE)", f"{m['ece']:.4f}")]
-    head_info = m.get("head", {})
-    rows.append(("head", f"{head_info.get('type')}" + (f" (C={head_info['C']:.4g}, chosen on validation data)" if "C" in head_info else "")))
-    f = m.get("features", {})
-    rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, {f.get('failed', 0)} unreadable"))
+    if "auto" in m:
+        rows.append(("--mode auto chose", f"{m['auto']['mode']}: {m['auto']['reason']}"))
+    if m.get("mode") == "finetune":
+        ft = m.get("finetune", {})
+        cfg = ft.get("config", {})
+        kept = ft.get("best_epoch")
+        rows.append(("fine-tuning", f"strategy {cfg.get('strategy')}, unfreeze {cfg.get('unfreeze')}, lr {cfg.get('lr'):g}, "
+                                    f"{cfg.get('epochs')} epochs"))
+        if kept is not None:
+            rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if kept == 0 else str(kept)))
+        for c in ft.get("candidates", []):
+            rows.append((f"candidate lr {c.get('lr'):g}", f"val accuracy {c['val_acc']:.4f}, val loss {c['val_loss']:.4f}, "
+                                                          f"kept epoch {c['best_epoch']}{' <- chosen' if c.get('chosen') else ''}"))
+    else:
+        head_info = m.get("head", {})
+        rows.append(("head", f"{head_info.get('type')}" + (f" (C={head_info['C']:.4g}, chosen on validation data)" if "C" in head_info else "")))
+        f = m.get("features", {})
+        rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, "
+                                 f"{f.get('failed', 0)} unreadable"))
     rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in m.get("timings", {}).items())))
     output.print_table(f"trained {backbone} ({mode})", ("", ""), rows)
     if result.bundle_path:

@@ -259,7 +259,8 @@ def train_auto(config, **kwargs):
         result = train_probe(dataclasses.replace(config, mode="probe", options=probe_options), imageset=imageset, **kwargs)
     else:
         base = auto_finetune_config(config.device or "auto")
-        candidates = auto_candidates(base, config.options)
+        merged, _ = finetune_config_from(config, base)  # the user's options can change the strategy
+        candidates = auto_candidates(merged, config.options)
         result = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, **kwargs)
     result.metrics["auto"] = {"mode": mode, "reason": reason}
     return result
