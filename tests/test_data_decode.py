@@ -144,3 +144,14 @@ def test_to_tensor01_is_bit_identical_to_the_torch_formula():
     got = to_tensor01(img)
     assert got.dtype == torch.float32 and got.shape == (3, 16, 16)
     assert torch.equal(got, reference)  # every uint8 value maps to exactly the same float
+
+
+def test_threads_lifting_the_pixel_limit_leave_pillows_own_limit_in_place(good):
+    """Decoding with max_pixels=None lifts Pillow's global limit for a moment; threads must not leave it lifted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = Image.MAX_IMAGE_PIXELS
+    paths = [good / "rgb.jpg", good / "rgba.png"] * 200
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda p: open_rgb(p, max_pixels=None).size, paths))
+    assert len(set(sizes)) >= 1 and Image.MAX_IMAGE_PIXELS == before

@@ -7,6 +7,7 @@ report the file and carry on.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,7 @@ from transferkit.errors import TransferkitError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 179 MP)
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -127,11 +129,18 @@ def decode_rgb(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data" on good photos
             if max_pixels is None or max_pixels > 2 * (previous_limit or 0):
-                Image.MAX_IMAGE_PIXELS = None
-            try:
+                # Pillow's limit is a module global: lift it under a lock, so that two decoding
+                # threads cannot restore each other's temporary value and leave it lifted for good.
+                # (Image.open reads only the header, so holding the lock costs little.)
+                with _PILLOW_LIMIT_LOCK:
+                    previous_limit = Image.MAX_IMAGE_PIXELS
+                    Image.MAX_IMAGE_PIXELS = None
+                    try:
+                        img = Image.open(source)
+                    finally:
+                        Image.MAX_IMAGE_PIXELS = previous_limit
+            else:
                 img = Image.open(source)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
             with img:
                 w, h = img.size
                 if max_pixels is not None and w * h > max_pixels:
