@@ -154,4 +154,29 @@ def test_threads_lifting_the_pixel_limit_leave_pillows_own_limit_in_place(good):
     paths = [good / "rgb.jpg", good / "rgba.png"] * 200
     with ThreadPoolExecutor(8) as pool:
         sizes = list(pool.map(lambda p: open_rgb(p, max_pixels=None).size, paths))
-    assert len(set(sizes)) >= 1 and Image.MAX_IMAGE_PIXELS == before
+    assert sizes == [Image.open(p).size for p in paths]  # every decode succeeded, nothing was refused
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_threads_with_different_truncation_options_never_see_each_others_setting(good, bad):
+    """Pillow's truncation switch is process-wide: a lenient decode must not leak into a strict one, or back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import ImageFile
+
+    truncated, fine = bad / "truncated.jpg", good / "rgb.jpg"
+    jobs = [(truncated, True), (truncated, False), (fine, False)] * 300
+
+    def decode(job):
+        path, allow = job
+        try:
+            open_rgb(path, allow_truncated=allow)
+            return "ok"
+        except ImageDecodeError as exc:
+            return "truncated" if "truncated" in str(exc) else str(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(decode, jobs))
+    expected = ["ok", "truncated", "ok"] * 300
+    assert sum(r != e for r, e in zip(results, expected)) == 0
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False

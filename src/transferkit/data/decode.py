@@ -6,6 +6,7 @@ report the file and carry on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -35,6 +36,58 @@ _INTERPOLATIONS = {
 
 class ImageDecodeError(TransferkitError):
     """A file could not be turned into an RGB image; the message is the reason."""
+
+
+class TruncatedImageError(ImageDecodeError):
+    """The file ends before the image data does (accepted with ``allow_truncated``)."""
+
+
+class _TruncationGate:
+    """Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is one switch for the whole process.
+
+    Strict decodes (the common case, switch off) run side by side; a lenient decode of a cut-off
+    file waits for them, turns the switch on alone, and turns it back off before any strict decode
+    resumes, so decoding threads with different options never see each other's setting. (A program
+    that turns the switch on itself makes every decode lenient; transferkit leaves that alone.)
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._strict = 0
+        self._lenient = False
+
+    @contextlib.contextmanager
+    def strict(self):
+        with self._cond:
+            while self._lenient:
+                self._cond.wait()
+            self._strict += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._strict -= 1
+                if self._strict == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def lenient(self):
+        with self._cond:
+            while self._lenient or self._strict:
+                self._cond.wait()
+            self._lenient = True
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+            with self._cond:
+                self._lenient = False
+                self._cond.notify_all()
+
+
+_TRUNCATION_GATE = _TruncationGate()
 
 
 def pil_interpolation(name: str) -> Image.Resampling:
@@ -118,9 +171,24 @@ def decode_rgb(
         after EXIF rotation), ``mode`` and ``format`` of the file and ``frames``.
 
     Raises:
-        ImageDecodeError: with the reason.
+        ImageDecodeError: with the reason (:class:`TruncatedImageError` for a cut-off file).
     """
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    kwargs = dict(max_pixels=max_pixels, draft_size=draft_size, draft_scale=draft_scale)
+    try:
+        with _TRUNCATION_GATE.strict():
+            return _decode_once(source, **kwargs)
+    except TruncatedImageError:
+        if not allow_truncated:
+            raise
+    # A cut-off file the caller accepts: decode again with Pillow's (process-wide) truncation
+    # switch on, while no strict decode runs in another thread.
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with _TRUNCATION_GATE.lenient():
+        return _decode_once(source, **kwargs)
+
+
+def _decode_once(source, *, max_pixels, draft_size, draft_scale) -> tuple[Image.Image, dict]:
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -159,7 +227,6 @@ def decode_rgb(
                         # keeps the shorter side >= draft_size.
                         scale = min(w, h) / draft_size
                         img.draft("RGB", (int(w / scale), int(h / scale)))
-                ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
                 img.load()
                 orientation = _exif_orientation(img)
                 if orientation in (5, 6, 7, 8):
@@ -181,12 +248,10 @@ def decode_rgb(
     except OSError as exc:
         msg = str(exc)
         if "truncated" in msg.lower() or "broken data stream" in msg.lower():
-            raise ImageDecodeError(f"truncated image ({msg}); pass allow_truncated to accept it") from None
+            raise TruncatedImageError(f"truncated image ({msg}); pass allow_truncated to accept it") from None
         raise ImageDecodeError(f"cannot decode: {msg}") from None
     except (ValueError, SyntaxError, struct_error(), EOFError, MemoryError) as exc:
         raise ImageDecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _exif_orientation(img: Image.Image) -> int:
