@@ -234,6 +234,26 @@ def test_the_probe_comes_back_when_no_epoch_beats_it_on_validation(tiny_image_fo
     assert loss == pytest.approx(hist[0]["val_loss"], rel=1e-4, abs=1e-5)
 
 
+def test_resume_never_restores_a_best_checkpoint_left_by_another_run(tiny_image_folder, tiny_backbone, tmp_path):
+    folder = tmp_path / "ckpt"
+    # Run A (with validation) leaves best.pt in the folder.
+    finetune(_imageset(tiny_image_folder, val_every=4), _resume_config(folder, seed=1), backbone=tiny_backbone)
+    assert (folder / "best.pt").is_file()
+    # Run B (no validation, another seed) uses the same folder, crashes, and resumes.
+    ims = _imageset(tiny_image_folder)
+    reference, _ = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+
+    def crash(info):
+        if info.global_step == 7:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        finetune(ims, _resume_config(folder), backbone=tiny_backbone, on_step=crash)
+    resumed, _ = finetune(ims, _resume_config(folder, resume=True), backbone=tiny_backbone)
+    ref_state, res_state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
+
+
 _KILL_SCRIPT = """
 import os, signal, sys
 import numpy as np
@@ -348,8 +368,6 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
 
 
 def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_folder, tiny_backbone, monkeypatch, tmp_path):
-    import tempfile
-
     import transferkit.finetune.loop as loop
     from transferkit.finetune import auto_candidates, auto_finetune_config
     from transferkit.finetune.train_entry import train_finetune
@@ -358,7 +376,6 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
     calls = []
     real_cache = loop._cache_trunk
     monkeypatch.setattr(loop, "_cache_trunk", lambda *a, **k: calls.append(1) or real_cache(*a, **k))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the candidates' scratch folder lands here
     base = auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=2, batch_size=4)
     assert [c["lr"] for c in auto_candidates(base)] == [3e-4, 2e-3] and auto_candidates(base, {"lr": 0.1}) == [{}]
     # val=0: the training images lose 15 % to a held-out part that chooses between the candidates.
@@ -370,10 +387,48 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
     chosen = next(row for row in table if row.get("chosen"))
     assert (chosen["val_acc"], -chosen["val_loss"]) == max((row["val_acc"], -row["val_loss"]) for row in table)
     assert result.metrics["finetune"]["config"]["lr"] == chosen["lr"] and result.metrics["finetune"]["config"]["checkpoint_dir"] is None
-    assert len(calls) == 1  # the second candidate reused the first one's trunk activations
+    # the returned model and history are the chosen candidate's
+    kept = next(r for r in result.metrics["history"] if r["epoch"] == result.metrics["finetune"]["best_epoch"])
+    assert (kept["val_acc"], kept["val_loss"]) == (chosen["val_acc"], chosen["val_loss"])
+    assert len(calls) == 1  # the second candidate reused the first one's trunk activations (in memory)
     images = result.metrics["images"]
     assert images["val"] >= 2 and images["train"] + images["val"] + images["test"] == 18
-    assert not list(tmp_path.glob("transferkit-candidates-*"))  # scratch folder removed
+    assert "held out" in result.metrics["finetune"]["chosen_on"]
+    # With a checkpoint folder each candidate checkpoints in its own subfolder, trunk activations included.
+    ckpt = tmp_path / "ckpt"
+    train_finetune(cfg, backbone=tiny_backbone, finetune_config=auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=1,
+                   batch_size=4, checkpoint_dir=str(ckpt)), candidates=[{"lr": 1e-3}, {"lr": 2e-3}])
+    for i in (0, 1):
+        assert (ckpt / f"candidate-{i}" / "last.pt").is_file() and list((ckpt / f"candidate-{i}").glob("trunk-*.pt"))
+    assert len(calls) == 2  # one more trunk pass for the new run, shared by its two candidates
+
+
+def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats_it(tmp_path):
+    from transferkit.train import TrainConfig, train
+
+    # Two classes drawn from the same colours (nothing to learn) and one candidate (the user fixed lr)
+    # so large that its logits explode: validation keeps the probe's calmer guesses.
+    root = _two_colour_folder(tmp_path / "data", per_class=40, same_colour=True)
+    cfg = TrainConfig(data=str(root), backbone="test_efficientnet", weights="none", image_size=32, mode="auto", val=0.2, test=0.2,
+                      batch_size=8, cache=False, out=str(tmp_path / "m"), report=False, device="cpu",
+                      options={"lr": 60.0, "epochs": 1, "schedule": "constant", "grad_clip": None, "warmup_frac": 0.0})
+    result = train(cfg)
+    assert result.metrics["auto"]["mode"] == "probe" and "no fine-tuned epoch beat the probe" in result.metrics["auto"]["reason"]
+    assert result.metrics.get("mode") != "finetune" and result.metrics["head"]["type"] == "logistic"
+    assert result.metrics["images"] == {"train": 48, "val": 16, "test": 16}
+
+
+def _two_colour_folder(root: Path, per_class: int, same_colour: bool = False) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((200, 40, 40), (200, 40, 40) if same_colour else (40, 40, 200))):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(colour) + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i}.jpg")
+    return root
 
 
 def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_folder, tiny_backbone, tmp_path):
@@ -436,21 +491,12 @@ def test_trunk_cache_key_changes_when_an_image_is_edited_in_place(tiny_image_fol
 
 
 def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_which_won(tmp_path, capsys):
-    from PIL import Image
-
     from transferkit.cli.main import main
 
-    rng = np.random.default_rng(0)
-    for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
-        folder = tmp_path / "data" / f"class_{c}"
-        folder.mkdir(parents=True)
-        for i in range(34):  # 34 per class: auto's rule needs >= 20 training images per class
-            arr = np.clip(np.array(colour) + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(folder / f"{i}.jpg")
-    code = main(["train", str(tmp_path / "data"), "--mode", "auto", "--backbone", "test_efficientnet", "--weights", "none",
+    root = _two_colour_folder(tmp_path / "data", per_class=34)  # auto's rule needs >= 20 training images per class
+    code = main(["train", str(root), "--mode", "auto", "--backbone", "test_efficientnet", "--weights", "none",
                  "--device", "cpu", "--epochs", "1", "--batch-size", "16", "--no-report", "--no-cache", "--out", str(tmp_path / "m")])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "--mode auto chose" in out and "finetune" in out
+    assert "--mode auto chose" in out
     assert "candidate lr 0.0003" in out and "candidate lr 0.002" in out and out.count("<- chosen") == 1
-    assert "kept epoch" in out

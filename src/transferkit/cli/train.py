@@ -64,7 +64,7 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the feature cache"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="finetune: total epochs (default 6)"),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="finetune: total epochs (default 6; --mode auto on a CPU: 3)"),
     head_epochs: int = typer.Option(None, "--head-epochs", min=0, help="finetune: stage-1 epochs training only the head"),
     strategy: str = typer.Option(None, "--strategy", help="finetune: full, or cached (CPU trick: top blocks on cached trunk activations)"),
     unfreeze: str = typer.Option(None, "--unfreeze", help="finetune: layer groups unfrozen in stage 2, from the top: a number or all"),
@@ -72,7 +72,7 @@ def train(
     augment: str = typer.Option(None, "--augment", help="finetune: none, light, standard or strong"),
     tta: str = typer.Option("none", "--tta", help="finetune: test-time augmentation for the held-out metrics: none, flip, flip-zoom"),
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="finetune: write resumable checkpoints here"),
-    resume: bool = typer.Option(False, "--resume", help="finetune: continue from --checkpoint-dir/last.pt"),
+    resume: bool = typer.Option(False, "--resume", help="finetune: continue from --checkpoint-dir/last.pt (--mode auto: from each candidate-<i>/last.pt)"),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
@@ -121,10 +121,12 @@ def train(
                                     f"{cfg.get('epochs')} epochs"))
         if kept is not None:
             rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if kept == 0 else str(kept)))
-        for c in ft.get("candidates", []):
-            rows.append((f"candidate lr {c.get('lr'):g}", f"val accuracy {c['val_acc']:.4f}, val loss {c['val_loss']:.4f}, "
-                                                          f"kept epoch {c['best_epoch']}{' <- chosen' if c.get('chosen') else ''}"))
-    else:
+    for c in m.get("finetune", {}).get("candidates", []) or m.get("auto_finetune_candidates", []):
+        rows.append((f"fine-tune candidate lr {c.get('lr'):g}", f"val accuracy {c['val_acc']:.4f}, val loss {c['val_loss']:.4f}, "
+                                                                f"kept epoch {c['best_epoch']}{' <- chosen' if c.get('chosen') else ''}"))
+    if m.get("split_note"):
+        rows.append(("note", m["split_note"]))
+    if m.get("mode") != "finetune":
         head_info = m.get("head", {})
         rows.append(("head", f"{head_info.get('type')}" + (f" (C={head_info['C']:.4g}, chosen on validation data)" if "C" in head_info else "")))
         f = m.get("features", {})

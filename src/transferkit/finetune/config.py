@@ -62,7 +62,8 @@ class FinetuneConfig:
             log loss over 0.01-10, as the issue-4 probe does).
         balance: class imbalance: ``"none"``, ``"sampler"`` (weighted sampling) or ``"loss"`` (class
             weights in the loss).
-        patience: early stopping after this many epochs without validation improvement (``None`` = off).
+        patience: early stopping after this many epochs without validation improvement over the best
+            fine-tuned epoch (``None`` = off); epochs that only fail to beat the starting probe do not count.
         device: ``"auto"`` (CUDA, then MPS, then CPU), or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         precision: ``"auto"`` (bf16 autocast on CUDA when supported, fp32 elsewhere), ``"fp32"``,
             ``"bf16"`` or ``"fp16"`` (with a gradient scaler on CUDA).

@@ -6,6 +6,8 @@ Reading order: :func:`finetune` builds everything (:func:`_prepare`), then runs
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import hashlib
 import json
@@ -147,6 +149,22 @@ def _trunk_cache_key(config: FinetuneConfig, train: ImageSet, backbone_spec) -> 
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Trunk activations shared in memory between finetune() calls inside shared_trunk_activations()
+# (runs that differ only in optimisation settings, e.g. --mode auto's learning rates).
+_TRUNK_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("transferkit_trunk_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_trunk_activations():
+    """Within this block, ``strategy="cached"`` runs on the same images, views and backbone compute the
+    frozen trunk once and share its activations in memory (no files needed)."""
+    token = _TRUNK_MEMO.set({})
+    try:
+        yield
+    finally:
+        _TRUNK_MEMO.reset(token)
+
+
 def _batched(n: int, batch: int):
     for i in range(0, n, batch):
         yield slice(i, min(n, i + batch))
@@ -275,21 +293,31 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
         # With a checkpoint folder the cache is kept there, so a resumed run does not redo the
         # expensive part (the key covers config, images and backbone).
         cache_file = None
+        train_key = _trunk_cache_key(config, train, spec)
+        memo = _TRUNK_MEMO.get()
         if config.checkpoint_dir:
-            cache_file = Path(config.checkpoint_dir) / f"trunk-{_trunk_cache_key(config, train, spec)[:16]}.pt"
-        if cache_file is not None and cache_file.is_file():
+            cache_file = Path(config.checkpoint_dir) / f"trunk-{train_key[:16]}.pt"
+        if memo is not None and train_key in memo:
+            acts = memo[train_key]
+            log.info("reusing trunk activations computed earlier in this process")
+        elif cache_file is not None and cache_file.is_file():
             acts = load_checkpoint(cache_file)["activations"]
             log.info("loaded cached trunk activations from %s", cache_file)
         else:
             acts = _cache_trunk(model, groups, trunk, train, config, device, channels_last)
             if cache_file is not None and dist_info.is_main:
                 save_checkpoint(cache_file, {"activations": acts})
+        if memo is not None:
+            memo[train_key] = acts
         train_data = TensorItems(acts, train.labels, seed=config.seed)
         train_module = TopNet(net, trainable, head)
         val_inputs = None
         if val is not None and len(val):
-            val_file = cache_file.with_name(f"trunk-val-{_trunk_cache_key(config, val, spec)[:16]}.pt") if cache_file else None
-            if val_file is not None and val_file.is_file():
+            val_key = "val-" + _trunk_cache_key(config, val, spec)
+            val_file = cache_file.with_name(f"trunk-val-{val_key[4:20]}.pt") if cache_file else None
+            if memo is not None and val_key in memo:
+                val_inputs = memo[val_key]
+            elif val_file is not None and val_file.is_file():
                 val_inputs = load_checkpoint(val_file)["activations"]
             else:
                 pix = _load_eval_pixels(val, spec)
@@ -300,6 +328,8 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
                     ])
                 if val_file is not None and dist_info.is_main:
                     save_checkpoint(val_file, {"activations": val_inputs})
+            if memo is not None:
+                memo[val_key] = val_inputs
         timings["cache_s"] = time.perf_counter() - t0
         if config.head_init == "probe":
             with torch.no_grad():
@@ -512,8 +542,11 @@ def finetune(
 
     Returns:
         ``(model, history)``: a :class:`~transferkit.bundle.ClassifierModel` on the CPU in eval mode
-        (the best validation epoch's weights when there is validation data), and one dict per epoch
-        (stage, lr, train/val loss and accuracy, seconds, images/s).
+        (the best validation epoch's weights when there is validation data; with the default
+        ``head_init="probe"`` that can be epoch 0, the untouched backbone with the probe head, when no
+        fine-tuned epoch beats the probe on validation: ``model.fit_info["best_epoch"] == 0``), and
+        one dict per epoch (stage, lr, train/val loss and accuracy, seconds, images/s). Early
+        stopping's patience counts from the first fine-tuned epoch.
 
     Raises:
         FinetuneError: bad config, or a checkpoint that does not belong to this run.
@@ -575,8 +608,14 @@ def _finetune(train, val, config, backbone, weights, on_step):
             state[k] = ck[k]
         if ck.get("partial"):
             run.partial = dict(ck["partial"])
-        if (ckpt_dir / BEST).is_file():
-            best_state = load_checkpoint(ckpt_dir / BEST)["model"]
+        if state["best_epoch"] is not None and (ckpt_dir / BEST).is_file():
+            best = load_checkpoint(ckpt_dir / BEST)
+            # best.pt must be this run's and the epoch last.pt names; anything else is left over
+            # from another run in the same folder and is never restored.
+            if best.get("fingerprint") == fingerprint and best.get("epoch") == state["best_epoch"]:
+                best_state = best["model"]
+            else:
+                log.warning("ignoring %s: it is not this run's best epoch (left by another run in the same folder)", ckpt_dir / BEST)
         log.info("resumed from %s at epoch %d step %d", ckpt_dir / LAST, state["epoch"], state["step"])
 
     stopped_early = False
@@ -591,7 +630,7 @@ def _finetune(train, val, config, backbone, weights, on_step):
             state["best_metric"], state["best_epoch"] = [row0["val_acc"], -row0["val_loss"]], 0
             best_state = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
             if ckpt_dir is not None and run.dist.is_main:
-                save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": 0})
+                save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": 0, "fingerprint": fingerprint})
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
             break
@@ -612,8 +651,8 @@ def _finetune(train, val, config, backbone, weights, on_step):
                 state["best_metric"], state["best_epoch"], state["bad_epochs"] = list(score), epoch + 1, 0
                 best_state = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
                 if ckpt_dir is not None and run.dist.is_main:
-                    save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": epoch + 1})
-            else:
+                    save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": epoch + 1, "fingerprint": fingerprint})
+            elif state["best_epoch"] != 0:  # patience counts from the first fine-tuned epoch, not from the probe
                 state["bad_epochs"] += 1
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                     log.info("early stopping after epoch %d (no val improvement for %d epochs)", epoch + 1, cfg.patience)

@@ -116,7 +116,8 @@ def _kept_score(model, history: list[dict]) -> tuple[float, float]:
 
 
 def _share_trunk_cache(source: Path, target: Path) -> None:
-    """Make the trunk activations ``source`` computed visible to a later candidate (hard link, else copy)."""
+    """Put the trunk activations ``source`` holds into ``target`` too (hard link, else copy), so a
+    resumed candidate finds them in its own checkpoint folder."""
     import os
     import shutil
 
@@ -132,28 +133,33 @@ def _share_trunk_cache(source: Path, target: Path) -> None:
 def finetune_candidates(train, val, base: FinetuneConfig, candidates: list[dict], *, backbone) -> tuple[Any, list[dict], FinetuneConfig, list[dict]]:
     """Run ``finetune`` once per candidate (overrides of ``base``); keep the best on validation.
 
-    Candidates that differ only in optimisation settings share one trunk-activation cache (each
-    gets its own checkpoint folder under ``base.checkpoint_dir``, or a temporary one). Returns
-    ``(model, history, config, table)``; ``table`` has one row per candidate.
-    """
-    import tempfile
+    Candidates that differ only in optimisation settings compute the frozen trunk once and share
+    its activations in memory. With ``base.checkpoint_dir`` each candidate checkpoints (and can
+    resume) in its own ``candidate-<i>`` subfolder. Returns ``(model, history, config, table)``;
+    ``table`` has one row per candidate, the chosen one marked.
 
-    from transferkit.finetune.loop import finetune
+    Raises:
+        FinetuneError: more than one candidate but no validation images to choose with.
+    """
+    from transferkit.finetune.loop import finetune, shared_trunk_activations
 
     if len(candidates) <= 1:
         cfg = dataclasses.replace(base, **(candidates[0] if candidates else {})).validate()
         model, history = finetune(train, cfg, backbone=backbone, val=val)
         return model, history, cfg, []
+    if val is None or len(val) == 0:
+        raise FinetuneError(f"choosing between {len(candidates)} fine-tuning settings needs validation images; give --val > 0")
     best = None
     table: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="transferkit-candidates-") as tmp:
-        root = Path(base.checkpoint_dir) if base.checkpoint_dir else Path(tmp)
-        previous: Path | None = None
+    root = Path(base.checkpoint_dir) if base.checkpoint_dir else None
+    with shared_trunk_activations():
         for i, overrides in enumerate(candidates):
-            folder = root / f"candidate-{i}"
-            if previous is not None:
-                _share_trunk_cache(previous, folder)
-            cfg = dataclasses.replace(base, **overrides, checkpoint_dir=str(folder)).validate()
+            cfg = dataclasses.replace(base, **overrides)
+            if root is not None:
+                if i > 0:
+                    _share_trunk_cache(root / "candidate-0", root / f"candidate-{i}")
+                cfg = dataclasses.replace(cfg, checkpoint_dir=str(root / f"candidate-{i}"))
+            cfg.validate()
             t = time.perf_counter()
             model, history = finetune(train, cfg, backbone=backbone, val=val)
             score = _kept_score(model, history)
@@ -162,8 +168,7 @@ def finetune_candidates(train, val, base: FinetuneConfig, candidates: list[dict]
             log.info("candidate %d %s: kept epoch %d, val acc %.4f, val loss %.4f", i, overrides, model.fit_info["best_epoch"],
                      score[0], -score[1])
             if best is None or score > best[0]:  # ties keep the earlier candidate
-                best = (score, model, history, cfg if base.checkpoint_dir else dataclasses.replace(cfg, checkpoint_dir=None), i)
-            previous = folder
+                best = (score, model, history, cfg, i)
     _, model, history, cfg, index = best
     table[index]["chosen"] = True
     return model, history, cfg, table
@@ -194,11 +199,13 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
     test = data.where_split("test") if "test" in data.split else None
     if len(train) == 0:
         raise DataError("the split left no training images; lower --val/--test")
+    carved = False
     if candidates and len(candidates) > 1 and (val is None or not len(val)):
         from transferkit.data import split_imageset
 
         inner = split_imageset(train, val=0.15, test=0.0, seed=config.seed, stratified=True, use_official=False)
         train, val = inner.where_split("train"), inner.where_split("val")
+        carved = True
         log.info("no validation split: held out %d of the training images to choose between %d settings", len(val), len(candidates))
     t = time.perf_counter()
     if candidates:
@@ -216,6 +223,9 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
         evaluation = evaluate_probabilities(probs, evaluation.labels, data.class_names, paths=[str(p) for p in evaluation.paths])
         metrics = dict(evaluation.metrics)
         metrics["split"] = held_out
+        if held_out == "val" and candidates and len(candidates) > 1:
+            metrics["split_note"] = ("the validation images also chose the setting and the epoch: this accuracy is optimistic; "
+                                     "keep a --test split for an unbiased number")
         metrics["tta"] = tta
         timings["evaluate"] = time.perf_counter() - t
     metrics["images"] = {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test) if test is not None else 0}
@@ -224,6 +234,7 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
     metrics["finetune"] = {**model.fit_info, "config": ft_cfg.to_dict()}
     if table:
         metrics["finetune"]["candidates"] = table
+        metrics["finetune"]["chosen_on"] = f"{len(val)} images held out of the training split" if carved else f"the {len(val)} validation images"
 
     bundle_path = report_path = None
     if config.out:
@@ -253,14 +264,23 @@ def train_auto(config, **kwargs):
     train_share = max(0.0, 1.0 - config.val - config.test)
     mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
     log.info("--mode auto chose %s: %s", mode, reason)
+    ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
+    probe_config = dataclasses.replace(config, mode="probe", options={k: v for k, v in (config.options or {}).items() if k not in ft_keys})
     if mode == "probe":
-        ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
-        probe_options = {k: v for k, v in (config.options or {}).items() if k not in ft_keys}
-        result = train_probe(dataclasses.replace(config, mode="probe", options=probe_options), imageset=imageset, **kwargs)
+        result = train_probe(probe_config, imageset=imageset, **kwargs)
     else:
         base = auto_finetune_config(config.device or "auto")
         merged, _ = finetune_config_from(config, base)  # the user's options can change the strategy
         candidates = auto_candidates(merged, config.options)
         result = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, **kwargs)
+        tried = result.metrics["finetune"].get("candidates", [])
+        if result.metrics["finetune"].get("best_epoch") == 0:
+            # Validation preferred the probe LP-FT started from: that is the probe mode's model, which
+            # is fitted on every training image (the fine-tune may have held some out to choose).
+            mode, reason = "probe", (f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted "
+                                     "on all training images instead")
+            log.info("--mode auto: %s", reason)
+            result = train_probe(probe_config, imageset=imageset, **kwargs)
+            result.metrics["auto_finetune_candidates"] = tried
     result.metrics["auto"] = {"mode": mode, "reason": reason}
     return result
