@@ -166,15 +166,31 @@ def test_unwritable_bundle_path_is_a_bundle_error(tmp_path, tiny_backbone):
         save_bundle(tmp_path / "a_file" / "m", _model(tiny_backbone))
 
 
-def test_overwriting_a_bundle_names_what_else_it_removes(tmp_path, tiny_backbone, caplog):
+def test_overwriting_a_bundle_replaces_its_reports_but_refuses_to_delete_other_files(tmp_path, tiny_backbone, caplog):
+    from transferkit.errors import BundleError
+
     save_bundle(tmp_path / "m", _model(tiny_backbone))
     (tmp_path / "m" / "evaluation").mkdir()
     (tmp_path / "m" / "evaluation" / "report.html").write_text("old model")
-    (tmp_path / "m" / "my_notes.txt").write_text("mine")
     with caplog.at_level("INFO", logger="transferkit.bundle_files"):
         save_bundle(tmp_path / "m", _model(tiny_backbone))
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    infos = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
-    assert len(warnings) == 1 and "my_notes.txt" in warnings[0] and "evaluation/" not in warnings[0]
-    assert any("evaluation/" in m for m in infos)
+    assert any("evaluation/" in r.getMessage() for r in caplog.records if r.levelname == "INFO")
     assert not (tmp_path / "m" / "evaluation").exists()  # a report of the old model does not describe the new one
+    (tmp_path / "m" / "my_notes.txt").write_text("mine")
+    before = (tmp_path / "m" / "bundle.json").read_bytes()
+    with pytest.raises(BundleError, match="my_notes.txt"):
+        save_bundle(tmp_path / "m", _model(tiny_backbone))
+    assert (tmp_path / "m" / "my_notes.txt").read_text() == "mine" and (tmp_path / "m" / "bundle.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folder left behind
+
+
+def test_train_refuses_a_bad_out_before_training(tmp_path, tiny_image_folder, monkeypatch):
+    import transferkit.train as train_module
+    from transferkit.errors import BundleError
+    from transferkit.train import TrainConfig, train
+
+    monkeypatch.setattr(train_module, "train_probe", lambda *a, **k: pytest.fail("trained although --out is unusable"))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(BundleError, match="not a bundle"):
+        train(TrainConfig(data=str(tiny_image_folder), out=str(tmp_path / "photos")))

@@ -94,10 +94,7 @@ def write_bundle_dir(
         BundleError: ``path`` is a file, or a non-empty directory that is not a bundle.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BundleError(f"cannot write a bundle to {path}: it is a file; choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not (path / BUNDLE_JSON).is_file():
-        raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
+    check_bundle_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -129,14 +126,11 @@ def write_bundle_dir(
             os.fsync(f.fileno())
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask())
-        extras = _extra_entries(path)
+        check_bundle_target(path)  # again: something may have been put there while the model trained
+        generated = _extra_entries(path)
         replace_directory(tmp, path)  # the previous bundle is put back if the swap fails
-        generated = [e for e in extras if e in GENERATED_ENTRIES]
-        others = [e for e in extras if e not in GENERATED_ENTRIES]
         if generated:
             log.info("replaced the bundle %s and the old model's %s", path, ", ".join(generated))
-        if others:
-            log.warning("replaced the bundle %s; also removed what was kept inside it with the old model: %s", path, ", ".join(others))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,6 +140,26 @@ def write_bundle_dir(
 
 # Folders transferkit itself writes inside a bundle: reports of the model they sit beside.
 GENERATED_ENTRIES = ("report/", "evaluation/")
+
+
+def check_bundle_target(path: str | Path) -> None:
+    """Raise :class:`BundleError` now if a bundle cannot replace what is at ``path``.
+
+    Callers run it before long work (training), so a bad ``--out`` fails in a second, not after the
+    run. Allowed: nothing there, an empty folder, or an earlier bundle with nothing inside but its
+    own files and the reports transferkit writes beside them (``report/``, ``evaluation/``).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"cannot write a bundle to {path}: it is a file; choose a directory path")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not (path / BUNDLE_JSON).is_file():
+        raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
+    others = [e for e in _extra_entries(path) if e not in GENERATED_ENTRIES]
+    if others:
+        raise BundleError(f"{path} is a bundle that also holds other files ({', '.join(others[:5])}); replacing it would delete "
+                          "them: move them out or choose another --out")
 
 
 def _extra_entries(path: Path) -> list[str]:
@@ -160,4 +174,4 @@ def _extra_entries(path: Path) -> list[str]:
     return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in known)
 
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "json_safe", "save_numpy_weights", "sha256_file", "write_bundle_dir"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "check_bundle_target", "json_safe", "save_numpy_weights", "sha256_file", "write_bundle_dir"]

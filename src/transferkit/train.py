@@ -335,6 +335,10 @@ def train(config: TrainConfig, **kwargs) -> TrainResult:
     Raises:
         TransferkitError: unknown mode, or whatever the chosen trainer raises.
     """
+    if config.out:
+        from transferkit.bundle_files import check_bundle_target
+
+        check_bundle_target(config.out)  # a bad --out fails now, not after the training
     if config.mode == "probe":
         return train_probe(config, **kwargs)
     if config.mode in ("finetune", "auto"):
