@@ -194,3 +194,24 @@ def test_train_refuses_a_bad_out_before_training(tmp_path, tiny_image_folder, mo
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(BundleError, match="not a bundle"):
         train(TrainConfig(data=str(tiny_image_folder), out=str(tmp_path / "photos")))
+
+
+def test_a_late_refusal_keeps_the_finished_bundle_beside_the_target(tmp_path, tiny_backbone, monkeypatch):
+    import transferkit.bundle_files as bundle_files
+    from transferkit.errors import BundleError
+
+    real = bundle_files.check_bundle_target
+    calls = []
+
+    def refuse_second_time(path):
+        calls.append(path)
+        if len(calls) == 2:  # something appeared at --out while the model trained
+            raise BundleError(f"{path} is a non-empty directory that is not a bundle; choose another --out")
+        real(path)
+
+    monkeypatch.setattr(bundle_files, "check_bundle_target", refuse_second_time)
+    with pytest.raises(BundleError, match="kept at") as info:
+        save_bundle(tmp_path / "m", _model(tiny_backbone))
+    (kept,) = tmp_path.glob("m.new-*")
+    assert str(kept) in str(info.value) and (kept / "bundle.json").is_file()
+    assert torch.equal(load_bundle(kept).head.bias, _model(tiny_backbone).head.bias)

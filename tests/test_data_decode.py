@@ -180,3 +180,28 @@ def test_threads_with_different_truncation_options_never_see_each_others_setting
     expected = ["ok", "truncated", "ok"] * 300
     assert sum(r != e for r, e in zip(results, expected)) == 0
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_a_truncated_image_from_a_stream_that_cannot_seek(bad):
+    import io
+
+    from transferkit.data.decode import TruncatedImageError, decode_rgb
+
+    class OneWay(io.RawIOBase):  # e.g. a pipe or an HTTP body
+        def __init__(self, data):
+            self._inner = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def readinto(self, buf):
+            return self._inner.readinto(buf)
+
+    data = (bad / "truncated.jpg").read_bytes()
+    img, _ = decode_rgb(io.BufferedReader(OneWay(data)), allow_truncated=True)
+    assert img.mode == "RGB" and img.size[0] > 0
+    with pytest.raises(TruncatedImageError):
+        decode_rgb(io.BytesIO(data))

@@ -254,6 +254,22 @@ def test_resume_never_restores_a_best_checkpoint_left_by_another_run(tiny_image_
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
 
 
+def test_patience_stops_early_even_while_the_probe_stays_best(tiny_image_folder, tiny_backbone, monkeypatch):
+    import transferkit.finetune.loop as loop
+
+    scores = iter([(1.0, 0.1)] + [(0.9, 0.5)] * 10)  # epoch 0 (the probe), then fine-tuned epochs, all worse
+
+    def scripted(run, batch_size=64):
+        acc, loss = next(scores)
+        return {"val_acc": acc, "val_loss": loss}
+
+    monkeypatch.setattr(loop, "evaluate", scripted)
+    cfg = FinetuneConfig(epochs=6, head_epochs=0, unfreeze=1, batch_size=8, augment="none", patience=2, seed=0)
+    model, hist = finetune(_imageset(tiny_image_folder, val_every=3), cfg, backbone=tiny_backbone)
+    assert [r["epoch"] for r in hist] == [0, 1, 2, 3]  # epoch 1 sets the fine-tuned best; 2 and 3 do not beat it
+    assert model.fit_info["best_epoch"] == 0
+
+
 _KILL_SCRIPT = """
 import os, signal, sys
 import numpy as np
@@ -416,6 +432,12 @@ def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats
     assert result.metrics["auto"]["mode"] == "probe" and "no fine-tuned epoch beat the probe" in result.metrics["auto"]["reason"]
     assert result.metrics.get("mode") != "finetune" and result.metrics["head"]["type"] == "logistic"
     assert result.metrics["images"] == {"train": 48, "val": 16, "test": 16}
+    assert "auto_finetune_tried" in result.metrics["timings"]
+    assert all("chosen" not in c for c in result.metrics["auto_finetune_candidates"])
+    import json
+
+    meta = json.loads((tmp_path / "m" / "bundle.json").read_text())  # written once, by the probe
+    assert meta["metrics"]["head"]["type"] == "logistic" and "finetune" not in meta["config"]
 
 
 def _two_colour_folder(root: Path, per_class: int, same_colour: bool = False) -> Path:

@@ -126,7 +126,12 @@ def write_bundle_dir(
             os.fsync(f.fileno())
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask())
-        check_bundle_target(path)  # again: something may have been put there while the model trained
+        try:
+            check_bundle_target(path)  # again: something may have been put there while the model trained
+        except BundleError as exc:
+            kept = path.with_name(f"{path.name}.new-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(tmp, kept)  # the finished model is not thrown away
+            raise BundleError(f"{exc} (the new bundle was kept at {kept})") from None
         generated = _extra_entries(path)
         replace_directory(tmp, path)  # the previous bundle is put back if the swap fails
         if generated:

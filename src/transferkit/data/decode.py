@@ -7,6 +7,7 @@ report the file and carry on.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 import warnings
@@ -55,11 +56,13 @@ class _TruncationGate:
         self._cond = threading.Condition()
         self._strict = 0
         self._lenient = False
+        self._lenient_waiting = 0
 
     @contextlib.contextmanager
     def strict(self):
         with self._cond:
-            while self._lenient:
+            # A waiting lenient decode goes first, or a steady stream of strict ones would starve it.
+            while self._lenient or self._lenient_waiting:
                 self._cond.wait()
             self._strict += 1
         try:
@@ -73,8 +76,12 @@ class _TruncationGate:
     @contextlib.contextmanager
     def lenient(self):
         with self._cond:
-            while self._lenient or self._strict:
-                self._cond.wait()
+            self._lenient_waiting += 1
+            try:
+                while self._lenient or self._strict:
+                    self._cond.wait()
+            finally:
+                self._lenient_waiting -= 1
             self._lenient = True
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -174,6 +181,8 @@ def decode_rgb(
         ImageDecodeError: with the reason (:class:`TruncatedImageError` for a cut-off file).
     """
     kwargs = dict(max_pixels=max_pixels, draft_size=draft_size, draft_scale=draft_scale)
+    if allow_truncated and not isinstance(source, (str, Path)) and not (hasattr(source, "seekable") and source.seekable()):
+        source = io.BytesIO(source.read())  # a lenient retry reads the stream a second time
     try:
         with _TRUNCATION_GATE.strict():
             return _decode_once(source, **kwargs)

@@ -36,6 +36,9 @@ def choose_mode(class_counts: dict[str, int] | list[int], device: str = "auto") 
        of :data:`AUTO_CPU_LRS` are compared on validation data, and the probe LP-FT starts from is
        kept when no fine-tuned epoch beats it there (see :func:`auto_finetune_config`).
     4. CPU only and more images -> ``probe`` (fine-tuning would take hours on a CPU).
+
+    Whenever it fine-tunes (GPU or CPU) and no fine-tuned epoch beats the probe on validation,
+    ``--mode auto`` returns the probe mode's model instead, fitted on all training images.
     """
     import torch
 

@@ -63,7 +63,8 @@ class FinetuneConfig:
         balance: class imbalance: ``"none"``, ``"sampler"`` (weighted sampling) or ``"loss"`` (class
             weights in the loss).
         patience: early stopping after this many epochs without validation improvement over the best
-            fine-tuned epoch (``None`` = off); epochs that only fail to beat the starting probe do not count.
+            fine-tuned epoch so far (``None`` = off); the probe at epoch 0 is kept as a fallback but is
+            not the bar patience measures against.
         device: ``"auto"`` (CUDA, then MPS, then CPU), or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         precision: ``"auto"`` (bf16 autocast on CUDA when supported, fp32 elsewhere), ``"fp32"``,
             ``"bf16"`` or ``"fp16"`` (with a gradient scaler on CUDA).

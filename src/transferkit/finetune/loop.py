@@ -297,8 +297,14 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
         memo = _TRUNK_MEMO.get()
         if config.checkpoint_dir:
             cache_file = Path(config.checkpoint_dir) / f"trunk-{train_key[:16]}.pt"
-        if memo is not None and train_key in memo:
-            acts = memo[train_key]
+        memo_key = None
+        if memo is not None:
+            from transferkit.features.engines import weights_digest
+
+            # In memory two backbones with one spec but other weights must never meet: key on the weights too.
+            memo_key = train_key + weights_digest(net)
+        if memo_key is not None and memo_key in memo:
+            acts = memo[memo_key]
             log.info("reusing trunk activations computed earlier in this process")
         elif cache_file is not None and cache_file.is_file():
             acts = load_checkpoint(cache_file)["activations"]
@@ -307,16 +313,17 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
             acts = _cache_trunk(model, groups, trunk, train, config, device, channels_last)
             if cache_file is not None and dist_info.is_main:
                 save_checkpoint(cache_file, {"activations": acts})
-        if memo is not None:
-            memo[train_key] = acts
+        if memo_key is not None:
+            memo[memo_key] = acts
         train_data = TensorItems(acts, train.labels, seed=config.seed)
         train_module = TopNet(net, trainable, head)
         val_inputs = None
         if val is not None and len(val):
             val_key = "val-" + _trunk_cache_key(config, val, spec)
             val_file = cache_file.with_name(f"trunk-val-{val_key[4:20]}.pt") if cache_file else None
-            if memo is not None and val_key in memo:
-                val_inputs = memo[val_key]
+            val_memo_key = val_key + memo_key if memo_key is not None else None
+            if val_memo_key is not None and val_memo_key in memo:
+                val_inputs = memo[val_memo_key]
             elif val_file is not None and val_file.is_file():
                 val_inputs = load_checkpoint(val_file)["activations"]
             else:
@@ -328,8 +335,8 @@ def _prepare(train: ImageSet, val: ImageSet | None, config: FinetuneConfig, back
                     ])
                 if val_file is not None and dist_info.is_main:
                     save_checkpoint(val_file, {"activations": val_inputs})
-            if memo is not None:
-                memo[val_key] = val_inputs
+            if val_memo_key is not None:
+                memo[val_memo_key] = val_inputs
         timings["cache_s"] = time.perf_counter() - t0
         if config.head_init == "probe":
             with torch.no_grad():
@@ -546,7 +553,7 @@ def finetune(
         ``head_init="probe"`` that can be epoch 0, the untouched backbone with the probe head, when no
         fine-tuned epoch beats the probe on validation: ``model.fit_info["best_epoch"] == 0``), and
         one dict per epoch (stage, lr, train/val loss and accuracy, seconds, images/s). Early
-        stopping's patience counts from the first fine-tuned epoch.
+        stopping's patience counts epochs without improvement over the best fine-tuned epoch.
 
     Raises:
         FinetuneError: bad config, or a checkpoint that does not belong to this run.
@@ -574,7 +581,10 @@ def _finetune(train, val, config, backbone, weights, on_step):
     fingerprint = _config_fingerprint(cfg, train, run.model.spec)
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
 
-    state = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best_metric": None, "best_epoch": None, "bad_epochs": 0}
+    # best_metric/best_epoch: the best validation score so far, epoch 0 (the probe) included;
+    # tuned_best: the best over fine-tuned epochs only, which early stopping's patience counts against.
+    state = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best_metric": None, "best_epoch": None, "bad_epochs": 0,
+             "tuned_best": None}
     best_state: dict[str, torch.Tensor] | None = None
 
     def save(epoch: int, step: int, name: str = LAST) -> None:
@@ -590,7 +600,7 @@ def _finetune(train, val, config, backbone, weights, on_step):
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch, "step": step, "global_step": state["global_step"],
             "history": state["history"], "best_metric": state["best_metric"], "best_epoch": state["best_epoch"],
-            "bad_epochs": state["bad_epochs"], "partial": dict(run.partial) if step > 0 else None,
+            "bad_epochs": state["bad_epochs"], "tuned_best": state["tuned_best"], "partial": dict(run.partial) if step > 0 else None,
         })
 
     if cfg.resume and ckpt_dir is not None and (ckpt_dir / LAST).is_file():
@@ -606,6 +616,7 @@ def _finetune(train, val, config, backbone, weights, on_step):
         torch.set_rng_state(ck["torch_rng"])
         for k in ("epoch", "step", "global_step", "history", "best_metric", "best_epoch", "bad_epochs"):
             state[k] = ck[k]
+        state["tuned_best"] = ck.get("tuned_best")
         if ck.get("partial"):
             run.partial = dict(ck["partial"])
         if state["best_epoch"] is not None and (ckpt_dir / BEST).is_file():
@@ -615,7 +626,9 @@ def _finetune(train, val, config, backbone, weights, on_step):
             if best.get("fingerprint") == fingerprint and best.get("epoch") == state["best_epoch"]:
                 best_state = best["model"]
             else:
-                log.warning("ignoring %s: it is not this run's best epoch (left by another run in the same folder)", ckpt_dir / BEST)
+                log.warning("ignoring %s: it is not this run's best epoch (left by another run in the same folder); "
+                            "the best epoch is chosen again from the epochs still to run", ckpt_dir / BEST)
+                state["best_metric"] = state["best_epoch"] = None
         log.info("resumed from %s at epoch %d step %d", ckpt_dir / LAST, state["epoch"], state["step"])
 
     stopped_early = False
@@ -648,11 +661,15 @@ def _finetune(train, val, config, backbone, weights, on_step):
         if "val_acc" in metrics:
             score = (metrics["val_acc"], -metrics["val_loss"])
             if state["best_metric"] is None or score > tuple(state["best_metric"]):
-                state["best_metric"], state["best_epoch"], state["bad_epochs"] = list(score), epoch + 1, 0
+                state["best_metric"], state["best_epoch"] = list(score), epoch + 1
                 best_state = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
                 if ckpt_dir is not None and run.dist.is_main:
                     save_checkpoint(ckpt_dir / BEST, {"model": best_state, "epoch": epoch + 1, "fingerprint": fingerprint})
-            elif state["best_epoch"] != 0:  # patience counts from the first fine-tuned epoch, not from the probe
+            # Patience counts epochs without improvement over the best fine-tuned epoch (the probe
+            # at epoch 0 is a fallback, not the bar: LP-FT often dips below it before improving).
+            if state["tuned_best"] is None or score > tuple(state["tuned_best"]):
+                state["tuned_best"], state["bad_epochs"] = list(score), 0
+            else:
                 state["bad_epochs"] += 1
                 if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                     log.info("early stopping after epoch %d (no val improvement for %d epochs)", epoch + 1, cfg.patience)

@@ -175,14 +175,14 @@ def finetune_candidates(train, val, base: FinetuneConfig, candidates: list[dict]
 
 
 def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None,
-                   candidates: list[dict] | None = None):
+                   candidates: list[dict] | None = None, write_outputs: bool = True):
     """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``.
 
     ``candidates`` (``--mode auto``): overrides of the fine-tuning config to compare on validation
     data; without a validation split, 15 % of the training images are held out for the choice.
+    ``write_outputs=False`` leaves the bundle and report to :func:`write_finetune_outputs`.
     """
     from transferkit.backbones import create_backbone
-    from transferkit.bundle import save_bundle
     from transferkit.evaluate import evaluate_probabilities
     from transferkit.finetune.loop import finetune
     from transferkit.train import TrainResult, _load_split
@@ -236,22 +236,34 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
         metrics["finetune"]["candidates"] = table
         metrics["finetune"]["chosen_on"] = f"{len(val)} images held out of the training split" if carved else f"the {len(val)} validation images"
 
-    bundle_path = report_path = None
-    if config.out:
-        t = time.perf_counter()
-        bundle_path = save_bundle(config.out, model, metrics=metrics, config={**dataclasses.asdict(config), "finetune": ft_cfg.to_dict()},
-                                  include_backbone=True)
-        timings["save"] = time.perf_counter() - t
-        if config.report and held_out:
-            from transferkit.report import write_report
-
-            out_dir = Path(config.out) / "report"
-            curves_png(history, out_dir / "curves.png")
-            report_path = write_report(evaluation, out_dir, title=f"{Path(config.data).name or 'data'}: {config.backbone} fine-tuned ({held_out} split)",
-                                       details={"config": ft_cfg.to_dict(), "history": history, "curves": "curves.png"})
     metrics["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    return TrainResult(model=model, metrics=metrics, bundle_path=bundle_path, report_path=report_path, timings=timings,
-                       evaluation=evaluation if held_out else None)
+    result = TrainResult(model=model, metrics=metrics, timings=timings, evaluation=evaluation if held_out else None)
+    return write_finetune_outputs(config, result) if write_outputs else result
+
+
+def write_finetune_outputs(config, result):
+    """Save a fine-tuned ``result``'s bundle (backbone included) and report under ``config.out``."""
+    from transferkit.bundle import save_bundle
+
+    if not config.out:
+        return result
+    m = result.metrics
+    ft_cfg = m["finetune"]["config"]
+    t = time.perf_counter()
+    result.bundle_path = save_bundle(config.out, result.model, metrics=m, config={**dataclasses.asdict(config), "finetune": ft_cfg},
+                                     include_backbone=True)
+    result.timings["save"] = time.perf_counter() - t
+    held_out = m.get("split", "")
+    if config.report and result.evaluation is not None:
+        from transferkit.report import write_report
+
+        out_dir = Path(config.out) / "report"
+        curves_png(m["history"], out_dir / "curves.png")
+        result.report_path = write_report(result.evaluation, out_dir,
+                                          title=f"{Path(config.data).name or 'data'}: {config.backbone} fine-tuned ({held_out} split)",
+                                          details={"config": ft_cfg, "history": m["history"], "curves": "curves.png"})
+    m["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+    return result
 
 
 def train_auto(config, **kwargs):
@@ -260,8 +272,11 @@ def train_auto(config, **kwargs):
     from transferkit.train import load_config_imageset, train_probe
 
     imageset = load_config_imageset(config, kwargs.pop("imageset", None))
-    counts = np.bincount(imageset.labels, minlength=len(imageset.class_names))
-    train_share = max(0.0, 1.0 - config.val - config.test)
+    labels, train_share = imageset.labels, max(0.0, 1.0 - config.val - config.test)
+    if imageset.split is not None and "train" in imageset.split:  # an official split: its training part, less validation
+        labels = imageset.labels[np.asarray(imageset.split) == "train"]
+        train_share = 1.0 if "val" in imageset.split else max(0.0, 1.0 - config.val)
+    counts = np.bincount(labels, minlength=len(imageset.class_names))
     mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
     log.info("--mode auto chose %s: %s", mode, reason)
     ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
@@ -272,15 +287,19 @@ def train_auto(config, **kwargs):
         base = auto_finetune_config(config.device or "auto")
         merged, _ = finetune_config_from(config, base)  # the user's options can change the strategy
         candidates = auto_candidates(merged, config.options)
-        result = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, **kwargs)
-        tried = result.metrics["finetune"].get("candidates", [])
-        if result.metrics["finetune"].get("best_epoch") == 0:
-            # Validation preferred the probe LP-FT started from: that is the probe mode's model, which
-            # is fitted on every training image (the fine-tune may have held some out to choose).
-            mode, reason = "probe", (f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted "
-                                     "on all training images instead")
-            log.info("--mode auto: %s", reason)
-            result = train_probe(probe_config, imageset=imageset, **kwargs)
-            result.metrics["auto_finetune_candidates"] = tried
+        tuned = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, write_outputs=False, **kwargs)
+        if tuned.metrics["finetune"].get("best_epoch") != 0:
+            tuned.metrics["auto"] = {"mode": mode, "reason": reason}
+            return write_finetune_outputs(config, tuned)
+        # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
+        # on every training image (the fine-tune may have held some out to choose its setting).
+        mode, reason = "probe", (f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted "
+                                 "on all training images instead")
+        log.info("--mode auto: %s", reason)
+        result = train_probe(probe_config, imageset=imageset, **kwargs)
+        result.metrics["auto_finetune_candidates"] = [{k: v for k, v in c.items() if k != "chosen"}
+                                                      for c in tuned.metrics["finetune"].get("candidates", [])]
+        result.timings["auto_finetune_tried"] = tuned.timings.get("finetune", 0.0)
+        result.metrics.setdefault("timings", {})["auto_finetune_tried"] = round(result.timings["auto_finetune_tried"], 4)
     result.metrics["auto"] = {"mode": mode, "reason": reason}
     return result
