@@ -246,5 +246,11 @@ def test_extraction_decodes_with_the_imagesets_own_options(tmp_path, tiny_backbo
     assert kept.ok.all(), kept.errors
     strict = extract_features(images.paths, tiny_backbone, engine="torch", cache=False)
     assert not strict.ok[truncated[0]] and "truncated" in strict.errors[str(images.paths[truncated[0]])]
+    # Through the on-disk cache: the lenient run caches every file but the cut-off one, so a later
+    # strict run still reports it instead of serving its features.
+    lenient = extract_features(images.paths, tiny_backbone, engine="torch", decode_options=images.decode_options)
+    assert lenient.ok.all()
+    again = extract_features(images.paths, tiny_backbone, engine="torch")
+    assert again.stats["cached"] == len(images) - 1 and not again.ok[truncated[0]]
     # subsets keep the options (they share the report)
     assert images.subset(truncated).decode_options == images.decode_options

@@ -60,15 +60,25 @@ def model_cache_key(backbone) -> str:
     )
 
 
-def _decode(path: Path, spec, decode_options: dict) -> tuple[np.ndarray | None, str]:
-    from transferkit.data.decode import ImageDecodeError
+def _decode(path: Path, spec, decode_options: dict) -> tuple[np.ndarray | None, str, bool]:
+    """(pixels, error, lenient): ``lenient`` when only ``allow_truncated`` made the file readable."""
+    from transferkit.data.decode import ImageDecodeError, TruncatedImageError
 
+    options = dict(decode_options)
+    allow_truncated = bool(options.pop("allow_truncated", False))
     try:
-        return decode_uint8(path, spec, **decode_options), ""
+        return decode_uint8(path, spec, **options), "", False
+    except TruncatedImageError as exc:
+        if not allow_truncated:
+            return None, str(exc), False
+        try:
+            return decode_uint8(path, spec, allow_truncated=True, **options), "", True
+        except ImageDecodeError as again:
+            return None, str(again), False
     except ImageDecodeError as exc:
-        return None, str(exc)
+        return None, str(exc), False
     except Exception as exc:  # a decoder bug on one odd file must not end a long run
-        return None, f"cannot decode: {type(exc).__name__}: {exc}"
+        return None, f"cannot decode: {type(exc).__name__}: {exc}", False
 
 
 def _lookup(paths: list[Path], spec, key: str, store: FeatureCache | None, X: np.ndarray, ok: np.ndarray,
@@ -189,22 +199,27 @@ def extract_features(
             while pending:
                 batch_idx: list[int] = []
                 batch_px: list[np.ndarray] = []
+                lenient: set[int] = set()
                 while pending and len(batch_idx) < batch_size:
                     i, fut = pending.popleft()
-                    px, err = fut.result()
+                    px, err, was_lenient = fut.result()
                     if px is None:
                         errors[str(paths[i])] = err
                         log.warning("%s: %s", paths[i], err)
                     else:
                         batch_idx.append(i)
                         batch_px.append(px)
+                        if was_lenient:
+                            lenient.add(i)
                     refill()  # keep the decoders busy while the engine runs
                 if batch_idx:
                     feats = np.asarray(run(np.stack(batch_px)), dtype=np.float32)
                     X[batch_idx] = feats
                     ok[batch_idx] = True
                     if store is not None:
-                        store.put_many(key, ((hashes[i], X[i]) for i in batch_idx))
+                        # A cut-off file read only because allow_truncated was given is not cached:
+                        # a later strict run must report it, not serve its features.
+                        store.put_many(key, ((hashes[i], X[i]) for i in batch_idx if i not in lenient))
                 done = int(ok.sum()) + len(errors)
                 if progress is not None:
                     progress(done, n)
