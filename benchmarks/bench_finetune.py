@@ -23,9 +23,7 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -194,10 +192,9 @@ def main() -> None:
         print(json.dumps({k: v for k, v in acc.items() if k != "history"}, indent=1, default=str))
         for r in acc["history"]:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, args.out)
+    from transferkit.atomic import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":

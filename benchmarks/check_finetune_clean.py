@@ -128,8 +128,12 @@ def probe_references(data: str, ims, fit, val, backbone) -> dict:
     return out, correct
 
 
-def paired(correct_a: dict[str, bool], correct_b: dict[str, bool]) -> dict:
-    """McNemar's exact test on the images exactly one of two models gets right (counts only)."""
+def paired(correct_a: dict[str, bool], correct_b: dict[str, bool], names: tuple[str, str] = ("first", "second")) -> dict:
+    """McNemar's exact test on the images exactly one of two models gets right (counts only).
+
+    ``correct_*`` map each image to whether that model got it right; ``names`` label the counts.
+    (Also used by check_finetune_far_domain.py.)
+    """
     from scipy.stats import binomtest
 
     assert set(correct_a) == set(correct_b)
@@ -137,7 +141,7 @@ def paired(correct_a: dict[str, bool], correct_b: dict[str, bool]) -> dict:
     only_b = sum(1 for k in correct_a if correct_b[k] and not correct_a[k])
     n = only_a + only_b
     p = binomtest(only_b, n, 0.5).pvalue if n else 1.0
-    return {"only_first_right": only_a, "only_second_right": only_b, "mcnemar_exact_p": round(float(p), 4)}
+    return {f"only_{names[0]}_right": only_a, f"only_{names[1]}_right": only_b, "mcnemar_exact_p": round(float(p), 5)}
 
 
 def run_grid(fit, val, backbone, work_dir: Path, clock: Clock) -> list[dict]:
@@ -240,7 +244,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     if args.protocol == 2:
         result = main2(args, clock)
-        result["machine"] = _machine()
+        result["machine"] = machine_info()
         result["stages"] = clock.stages
         result["total"] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
         print(json.dumps({k: result[k] for k in ("selected", "test", "paired_vs_probe_train_half", "total")}, indent=1, default=str),
@@ -264,7 +268,7 @@ def main() -> None:
         "protocol": {"split": "split_imageset(val=0, test=0.5, seed=0, stratified) of catsdogs",
                      "validation": f"{VAL_FRACTION} of the training half, stratified, seed {SEED}",
                      "grid": GRID, "fixed": FIXED, "selection": "max (val_acc, -val_loss) of the kept epoch; ties -> earlier grid entry"},
-        "machine": _machine(),
+        "machine": machine_info(),
         "images": {"fit": len(fit), "val": len(val), "test": len(test)},
         "runs": [{k: v for k, v in r.items() if k != "model"} for r in runs],
         "selected": {"index": chosen["index"], "settings": chosen["settings"], "best_epoch": chosen["best_epoch"],
@@ -277,16 +281,16 @@ def main() -> None:
     _write_json(args.out, result)
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
+    """The machine and load a result was measured on (also used by check_finetune_far_domain.py)."""
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "torch": torch.__version__, "load_average_end": os.getloadavg(), "note": "CPU shared with other jobs"}
 
 
 def _write_json(path: str, result: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, path)
+    from transferkit.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=1, default=str))
 
 
 def _cfg_of(run: dict):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -69,9 +68,9 @@ def main() -> None:
     ap.add_argument("--work-dir", default="/tmp/transferkit_far_domain")
     ap.add_argument("--out", default="benchmarks/results/finetune_far_domain.json")
     args = ap.parse_args()
-    import torch
-    from scipy.stats import binomtest
+    from check_finetune_clean import machine_info, paired  # the sibling script: one McNemar test, one machine record
 
+    from transferkit.atomic import atomic_write_text
     from transferkit.train import TrainConfig, train
 
     work = Path(args.work_dir)
@@ -90,18 +89,10 @@ def main() -> None:
                       "kept_epoch": m.get("finetune", {}).get("best_epoch"),
                       "wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c, 1)}
         print(mode, json.dumps(rows[mode], default=str), flush=True)
-    only_probe = sum(1 for k in correct["probe"] if correct["probe"][k] and not correct["auto"][k])
-    only_auto = sum(1 for k in correct["probe"] if correct["auto"][k] and not correct["probe"][k])
-    paired = {"only_probe_right": only_probe, "only_auto_right": only_auto,
-              "mcnemar_exact_p": round(float(binomtest(only_auto, only_probe + only_auto, 0.5).pvalue), 5) if only_probe + only_auto else 1.0}
-    print("paired", paired, flush=True)
-    result = {"protocol": __doc__, "models": rows, "paired": paired,
-              "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__, "load_average_end": os.getloadavg()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, args.out)
+    test = paired(correct["probe"], correct["auto"], names=("probe", "auto"))
+    print("paired", test, flush=True)
+    result = {"protocol": __doc__, "models": rows, "paired": test, "machine": machine_info()}
+    atomic_write_text(args.out, json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -184,7 +184,6 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
     """
     from transferkit.backbones import create_backbone
     from transferkit.evaluate import evaluate_probabilities
-    from transferkit.finetune.loop import finetune
     from transferkit.train import TrainResult, _load_split
 
     timings: dict[str, float] = {}
@@ -208,11 +207,7 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
         carved = True
         log.info("no validation split: held out %d of the training images to choose between %d settings", len(val), len(candidates))
     t = time.perf_counter()
-    if candidates:
-        model, history, ft_cfg, table = finetune_candidates(train, val, ft_cfg, candidates, backbone=backbone)
-    else:
-        model, history = finetune(train, ft_cfg, backbone=backbone, val=val)
-        table = []
+    model, history, ft_cfg, table = finetune_candidates(train, val, ft_cfg, candidates or [], backbone=backbone)
     timings["finetune"] = time.perf_counter() - t
 
     held_out, evaluation = ("test", test) if test is not None and len(test) else ("val", val) if val is not None and len(val) else ("", None)
