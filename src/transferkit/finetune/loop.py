@@ -118,11 +118,17 @@ def _lr_lambda(config: FinetuneConfig, steps_per_epoch: int) -> Callable[[int], 
 
 def _config_fingerprint(config: FinetuneConfig, train: ImageSet, backbone_spec) -> str:
     d = {k: v for k, v in config.to_dict().items() if k not in FinetuneConfig.RESUME_FREE_FIELDS}
-    d["images"] = [str(p) for p in train.paths]
+    d["labels"] = train.labels.tolist()
+    return _key_with_images(d, train, backbone_spec)
+
+
+def _key_with_images(fields: dict, images: ImageSet, backbone_spec) -> str:
+    """sha256 of ``fields`` plus the images (paths, size/mtime/inode) and the backbone spec."""
+    d = dict(fields)
+    d["images"] = [str(p) for p in images.paths]
     # Paths alone would serve stale activations for an image edited in place: add size and mtime
     # (the same fast path the feature cache uses).
-    d["stats"] = [_file_stamp(p) for p in train.paths]
-    d["labels"] = train.labels.tolist()
+    d["stats"] = [_file_stamp(p) for p in images.paths]
     d["backbone"] = backbone_spec.cache_key_fields()
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -140,13 +146,7 @@ def _file_stamp(path) -> list[int] | None:
 
 
 def _trunk_cache_key(config: FinetuneConfig, train: ImageSet, backbone_spec) -> str:
-    d = {k: getattr(config, k) for k in _TRUNK_CACHE_FIELDS}
-    d["images"] = [str(p) for p in train.paths]
-    # Paths alone would serve stale activations for an image edited in place: add size and mtime
-    # (the same fast path the feature cache uses).
-    d["stats"] = [_file_stamp(p) for p in train.paths]
-    d["backbone"] = backbone_spec.cache_key_fields()
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+    return _key_with_images({k: getattr(config, k) for k in _TRUNK_CACHE_FIELDS}, train, backbone_spec)
 
 
 # Trunk activations shared in memory between finetune() calls inside shared_trunk_activations()
