@@ -42,6 +42,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def save_figure_png(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib ``Figure`` to ``path`` as a PNG, atomically (temporary name, then rename).
+
+    Build figures with ``matplotlib.figure.Figure`` (no pyplot): nothing global to select or close.
+    """
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Put the finished folder ``new`` at ``target`` (same file system), replacing any old folder.
 

@@ -171,11 +171,6 @@ def plot_robustness(curves: Sequence[RobustnessCurve], path, *, title: str = "")
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    from transferkit.atomic import save_figure_png
 
-
-def _save_figure(fig, path) -> None:
-    """Save a matplotlib figure as PNG atomically (temporary name, then rename)."""
-    from transferkit.atomic import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure_png(fig, path)

@@ -113,9 +113,9 @@ def _figure(clean01, adv01, pert_img, before: str, after: str, stats: str, path:
         ax.axis("off")
     fig.suptitle(stats, fontsize=9)
     fig.tight_layout()
-    from transferkit.attacks.robustness import _save_figure
+    from transferkit.atomic import save_figure_png
 
-    _save_figure(fig, path)
+    save_figure_png(fig, path)
 
 
 def attack_command(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit.atomic import atomic_write
+from transferkit.atomic import save_figure_png
 from transferkit.data.imageset import ImageSet
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 
@@ -109,13 +109,10 @@ def lr_find(
 
 def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     """Save the loss-vs-LR curve (log x axis) with the suggestion marked, as a PNG (written atomically)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses)
     ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
     ax.set_xscale("log")
@@ -123,8 +120,4 @@ def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
     ax.set_ylabel("smoothed training loss")
     ax.legend()
     fig.tight_layout()
-    try:
-        atomic_write(path, fig.savefig)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure_png(fig, path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.atomic import atomic_write
+from transferkit.atomic import save_figure_png
 from transferkit.errors import DataError
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 
@@ -87,12 +87,10 @@ def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
 
 def curves_png(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    a1, a2 = fig.subplots(1, 2)
     for key, ax in (("loss", a1), ("acc", a2)):
         for split, style in (("train", "-o"), ("val", "-s")):
             pts = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
@@ -102,11 +100,7 @@ def curves_png(history: list[dict], path: Path) -> Path:
         ax.set_ylabel(key)
         ax.legend()
     fig.tight_layout()
-    try:
-        atomic_write(path, fig.savefig)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure_png(fig, path)
 
 
 def _kept_score(model, history: list[dict]) -> tuple[float, float]:
