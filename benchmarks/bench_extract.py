@@ -175,7 +175,7 @@ def part_train_inprocess(args) -> dict:
     import sklearn.linear_model  # noqa: F401
     import timm  # noqa: F401
 
-    from transferkit.train import TrainConfig, train
+    from transferkit.pipeline.train import TrainConfig, train
 
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-train-ip-"))
     os.environ["TRANSFERKIT_CACHE_DIR"] = str(tmp / "cache")

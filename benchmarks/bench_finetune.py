@@ -192,7 +192,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in acc.items() if k != "history"}, indent=1, default=str))
         for r in acc["history"]:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    from transferkit.atomic import atomic_write_text
+    from transferkit.core.atomic import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(result, indent=1, default=str))
 

@@ -60,7 +60,7 @@ def main() -> None:
     from torch import nn
 
     from transferkit.backbones import create_backbone
-    from transferkit.bundle import ClassifierModel, load_bundle, save_bundle
+    from transferkit.classifier.bundle import ClassifierModel, load_bundle, save_bundle
 
     torch.manual_seed(0)
     out = Path(args.out)

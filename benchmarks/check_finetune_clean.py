@@ -106,7 +106,7 @@ def load_split(data: str):
 def probe_references(data: str, ims, fit, val, backbone) -> dict:
     """The issue-4 probe on the whole training half, and the same probe on the 800 fit images only."""
     from transferkit.data.imageset import ImageSet
-    from transferkit.train import TrainConfig, train_probe
+    from transferkit.pipeline.train import TrainConfig, train_probe
 
     cfg = TrainConfig(data=data, val=0.0, test=0.5, seed=SEED, out=None, report=False)
     full = train_probe(cfg, backbone=backbone)
@@ -167,8 +167,8 @@ def select(runs: list[dict]) -> dict:
 
 
 def test_once(model, test, with_correct: bool = False):
-    from transferkit.evaluate import evaluate_probabilities
-    from transferkit.finetune import predict_proba
+    from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.evaluate.tta import predict_proba
 
     probs = predict_proba(model, test)
     ev = evaluate_probabilities(probs, test.labels, test.class_names, paths=[str(p) for p in test.paths])
@@ -288,7 +288,7 @@ def machine_info() -> dict:
 
 
 def _write_json(path: str, result: dict) -> None:
-    from transferkit.atomic import atomic_write_text
+    from transferkit.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=1, default=str))
 

@@ -35,7 +35,7 @@ import numpy as np
 def build_folder(root: Path) -> Path:
     from PIL import Image
 
-    from transferkit.datasets.fashion_mnist import CLASS_NAMES, FILES, debian_source, read_idx, stratified_indices
+    from transferkit.data.sources.fashion_mnist import CLASS_NAMES, FILES, debian_source, read_idx, stratified_indices
 
     src = debian_source()
     if src is None:
@@ -70,8 +70,8 @@ def main() -> None:
     args = ap.parse_args()
     from check_finetune_clean import machine_info, paired  # the sibling script: one McNemar test, one machine record
 
-    from transferkit.atomic import atomic_write_text
-    from transferkit.train import TrainConfig, train
+    from transferkit.core.atomic import atomic_write_text
+    from transferkit.pipeline.train import TrainConfig, train
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from transferkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from transferkit.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 
 def test_written_files_get_ordinary_permissions(tmp_path):
@@ -31,7 +31,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_replace_directory_swaps_and_restores_on_failure(tmp_path, monkeypatch):
-    from transferkit.atomic import replace_directory
+    from transferkit.core.atomic import replace_directory
 
     target = tmp_path / "data"
     target.mkdir()
@@ -60,7 +60,7 @@ def test_replace_directory_swaps_and_restores_on_failure(tmp_path, monkeypatch):
 
 
 def test_replace_directory_replaces_a_symlink_without_touching_its_target(tmp_path):
-    from transferkit.atomic import replace_directory
+    from transferkit.core.atomic import replace_directory
 
     real = tmp_path / "real"
     real.mkdir()

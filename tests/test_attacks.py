@@ -17,7 +17,7 @@ from transferkit.attacks import (
     ssim,
     total_variation,
 )
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 
 EPS = 4 / 255
 

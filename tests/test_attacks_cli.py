@@ -15,12 +15,12 @@ from transferkit.attacks.images import frame_for_spec, save_png
 from transferkit.cli.attack import parse_eps_list, parse_fraction
 from transferkit.cli.main import main
 from transferkit.data.decode import load_for_spec, open_rgb
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 @pytest.fixture
 def tiny_bundle(tmp_path, tiny_backbone):
-    from transferkit.bundle import ClassifierModel, save_bundle
+    from transferkit.classifier.bundle import ClassifierModel, save_bundle
 
     torch.manual_seed(0)
     head = nn.Linear(tiny_backbone.num_features, 3)
@@ -77,7 +77,7 @@ def test_attack_cli_writes_files_and_the_png_still_fools(tmp_path, capsys, tiny_
     for key in ("adversarial", "perturbation", "figure"):
         with Image.open(data["files"][key]) as img:
             assert img.format == "PNG"
-    from transferkit.bundle import load_bundle
+    from transferkit.classifier.bundle import load_bundle
 
     spec = load_bundle(tiny_bundle).spec
     with Image.open(data["files"]["adversarial"]) as img:
@@ -124,7 +124,7 @@ def test_robustness_cli(tmp_path, capsys, tiny_bundle, tiny_image_folder):
 
 
 def test_robustness_cli_wrong_classes(capsys, tmp_path, tiny_backbone, tiny_image_folder):
-    from transferkit.bundle import ClassifierModel, save_bundle
+    from transferkit.classifier.bundle import ClassifierModel, save_bundle
 
     bundle = save_bundle(tmp_path / "b", ClassifierModel(tiny_backbone, nn.Linear(tiny_backbone.num_features, 2), ["cat", "dog"]))
     code = main(["robustness", str(bundle), str(tiny_image_folder), "--eps", "0,1/255", "--plot", str(tmp_path / "p.png")])
@@ -133,7 +133,7 @@ def test_robustness_cli_wrong_classes(capsys, tmp_path, tiny_backbone, tiny_imag
 
 
 def test_attack_library_on_a_bundle_agrees_with_cli_rules(tiny_bundle, photo):
-    from transferkit.bundle import load_bundle
+    from transferkit.classifier.bundle import load_bundle
 
     model = load_bundle(tiny_bundle)
     x = load_for_spec(photo, model.spec)[None]

@@ -10,8 +10,8 @@ import torch
 from transferkit.backbones import create_backbone, list_backbones, resolve_data_config, weights_availability
 from transferkit.backbones.lite_packages import map_lukemelas_to_timm, package_weights_path
 from transferkit.backbones.weights import load_state_dict, sha256_file
-from transferkit.errors import UnknownNameError, WeightsError
-from transferkit.registry import Registry
+from transferkit.core.errors import UnknownNameError, WeightsError
+from transferkit.core.registry import Registry
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from transferkit.bundle import ClassifierModel, build_head, head_config, load_bundle, read_bundle_meta, save_bundle
-from transferkit.errors import BundleError
+from transferkit.classifier.bundle import ClassifierModel, build_head, head_config, load_bundle, read_bundle_meta, save_bundle
+from transferkit.core.errors import BundleError
 
 
 def _model(tiny_backbone, hidden: bool = False) -> ClassifierModel:
@@ -125,7 +125,7 @@ def test_malformed_head_config_is_a_bundle_error(bad_head):
 def test_failed_swap_keeps_the_previous_bundle(tmp_path, tiny_backbone, monkeypatch):
     import os
 
-    from transferkit import bundle_files
+    from transferkit.classifier import bundle_files
 
     save_bundle(tmp_path / "m", _model(tiny_backbone))
     before = (tmp_path / "m" / "head.safetensors").read_bytes()
@@ -167,12 +167,12 @@ def test_unwritable_bundle_path_is_a_bundle_error(tmp_path, tiny_backbone):
 
 
 def test_overwriting_a_bundle_replaces_its_reports_but_refuses_to_delete_other_files(tmp_path, tiny_backbone, caplog):
-    from transferkit.errors import BundleError
+    from transferkit.core.errors import BundleError
 
     save_bundle(tmp_path / "m", _model(tiny_backbone))
     (tmp_path / "m" / "evaluation").mkdir()
     (tmp_path / "m" / "evaluation" / "report.html").write_text("old model")
-    with caplog.at_level("INFO", logger="transferkit.bundle_files"):
+    with caplog.at_level("INFO", logger="transferkit.classifier.bundle_files"):
         save_bundle(tmp_path / "m", _model(tiny_backbone))
     assert any("evaluation/" in r.getMessage() for r in caplog.records if r.levelname == "INFO")
     assert not (tmp_path / "m" / "evaluation").exists()  # a report of the old model does not describe the new one
@@ -185,9 +185,9 @@ def test_overwriting_a_bundle_replaces_its_reports_but_refuses_to_delete_other_f
 
 
 def test_train_refuses_a_bad_out_before_training(tmp_path, tiny_image_folder, monkeypatch):
-    import transferkit.train as train_module
-    from transferkit.errors import BundleError
-    from transferkit.train import TrainConfig, train
+    import transferkit.pipeline.train as train_module
+    from transferkit.core.errors import BundleError
+    from transferkit.pipeline.train import TrainConfig, train
 
     monkeypatch.setattr(train_module, "train_probe", lambda *a, **k: pytest.fail("trained although --out is unusable"))
     (tmp_path / "photos").mkdir()
@@ -197,8 +197,8 @@ def test_train_refuses_a_bad_out_before_training(tmp_path, tiny_image_folder, mo
 
 
 def test_a_late_refusal_keeps_the_finished_bundle_beside_the_target(tmp_path, tiny_backbone, monkeypatch):
-    import transferkit.bundle_files as bundle_files
-    from transferkit.errors import BundleError
+    import transferkit.classifier.bundle_files as bundle_files
+    from transferkit.core.errors import BundleError
 
     real = bundle_files.check_bundle_target
     calls = []

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from transferkit.backbones import create_backbone
-from transferkit.classify import classify_images
+from transferkit.classifier.imagenet import classify_images
 from transferkit.cli.main import main
 from transferkit.data.decode import load_for_spec
 

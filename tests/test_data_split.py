@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from transferkit.data import ImageSet, split_imageset
-from transferkit.errors import DataError
+from transferkit.core.errors import DataError
 
 
 def _set(per_class=(10, 10), root="/data", hashes=None, split=None) -> ImageSet:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit.datasets import catalog, fashion_mnist, resolve
-from transferkit.datasets.download import DownloadError, download_file, extract_archive
-from transferkit.errors import DataError
+from transferkit.data.sources import catalog, fashion_mnist, resolve
+from transferkit.data.sources.download import DownloadError, download_file, extract_archive
+from transferkit.core.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes: several reads, not one
 
@@ -329,7 +329,7 @@ def test_named_dataset_offline_and_uncached_is_refused(tmp_path, no_debian):
 
 
 def test_unknown_dataset_name_suggests_close_match(tmp_path):
-    from transferkit.errors import UnknownNameError
+    from transferkit.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="oxford-pets"):
         resolve.resolve_dataset(dataset="oxford-pet", cache=tmp_path / "c", reachable=lambda host: None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit.demo import REPORT_ORDER, DemoConfig, cap_imageset, run_demo, transfer_train_config, write_imageset_csv
+from transferkit.demo.run import REPORT_ORDER, DemoConfig, cap_imageset, run_demo, transfer_train_config, write_imageset_csv
 
 TINY = dict(backbone="test_efficientnet", weights="none", image_size=32)
 
@@ -21,7 +21,7 @@ def _demo_config(data: Path, out: Path, **overrides) -> DemoConfig:
 
 
 def test_transfer_step_gives_the_numbers_of_the_separate_library_call(tiny_image_folder, tmp_path):
-    from transferkit.train import TrainConfig, train
+    from transferkit.pipeline.train import TrainConfig, train
 
     result = run_demo(_demo_config(tiny_image_folder, tmp_path / "demo"), steps=("transfer",), write_report=False)
     step = result.steps["transfer"]
@@ -54,7 +54,7 @@ def test_transfer_step_matches_the_train_command_line(tiny_image_folder, tmp_pat
 
 def test_capped_dataset_is_a_stratified_subset_that_train_reproduces(tiny_image_folder, tmp_path):
     from transferkit.data import load_images
-    from transferkit.train import TrainConfig, train
+    from transferkit.pipeline.train import TrainConfig, train
 
     full = load_images(tiny_image_folder)
     capped = cap_imageset(full, 9, seed=1)
@@ -127,7 +127,7 @@ def test_finetuning_is_skipped_when_the_budget_is_spent(tiny_image_folder, tmp_p
 
 def test_no_dataset_anywhere_is_one_clear_line_and_exit_1(tmp_path, monkeypatch, capsys):
     from transferkit.cli.main import main
-    from transferkit.datasets import fashion_mnist
+    from transferkit.data.sources import fashion_mnist
 
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
     monkeypatch.setattr(fashion_mnist, "debian_source", lambda: None)
@@ -149,7 +149,7 @@ def test_demo_uses_debian_fashion_mnist_offline_and_says_why(tmp_path, monkeypat
             nd = 3 if kind == "images" else 1
             header = bytes([0, 0, 8, nd]) + struct.pack(f">{nd}I", *arr.shape)
             (src / f"{split}-{kind}-idx{nd}-ubyte.gz").write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
-    from transferkit.datasets import fashion_mnist
+    from transferkit.data.sources import fashion_mnist
 
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
     monkeypatch.setattr(fashion_mnist, "debian_source", lambda: src)
@@ -178,8 +178,8 @@ def folder_for_finetuning(tmp_path) -> Path:
 
 
 def test_finetune_step_gives_the_numbers_of_the_separate_call(folder_for_finetuning, tmp_path):
-    from transferkit.demo import finetune_train_config
-    from transferkit.train import train
+    from transferkit.demo.run import finetune_train_config
+    from transferkit.pipeline.train import train
 
     config = _demo_config(folder_for_finetuning, tmp_path / "demo", finetune_epochs=2, time_budget_s=1e6)
     result = run_demo(config, steps=("transfer", "finetune"), write_report=False)
@@ -194,9 +194,9 @@ def test_finetune_step_gives_the_numbers_of_the_separate_call(folder_for_finetun
 
 def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, tmp_path, monkeypatch):
     """`transferkit train --mode finetune` with the flags the report prints builds the demo's TrainConfig."""
-    import transferkit.train as train_module
+    import transferkit.pipeline.train as train_module
     from transferkit.cli.main import main
-    from transferkit.demo import FINETUNE_CLI_FLAGS, finetune_options, finetune_train_config
+    from transferkit.demo.run import FINETUNE_CLI_FLAGS, finetune_options, finetune_train_config
 
     seen = []
 
@@ -220,7 +220,7 @@ def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, 
 
 def test_attack_prefers_a_dog_photo_from_the_dataset(tmp_path):
     from transferkit.data.imageset import DataReport, ImageSet
-    from transferkit.demo import _Context, _dog_in_dataset
+    from transferkit.demo.run import _Context, _dog_in_dataset
 
     ctx = _Context(DemoConfig(), tmp_path, lambda line: None)
     ctx.imageset = ImageSet(paths=[tmp_path / "a.jpg", tmp_path / "b.jpg"], labels=[0, 1], class_names=["cat", "dog"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.errors import DataError
-from transferkit.evaluate import evaluate_probabilities, expected_calibration_error
+from transferkit.core.errors import DataError
+from transferkit.evaluate.metrics import evaluate_probabilities, expected_calibration_error
 
 
 def test_metrics_by_hand():
@@ -44,7 +44,7 @@ def test_shape_mismatch_is_refused():
 
 
 def test_report_is_self_contained(tmp_path, tiny_image_folder):
-    from transferkit.report import write_report
+    from transferkit.evaluate.report import write_report
 
     paths = sorted(str(p) for p in tiny_image_folder.rglob("*.jpg"))[:4]
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
@@ -59,9 +59,9 @@ def test_report_is_self_contained(tmp_path, tiny_image_folder):
 def test_evaluate_model_matches_labels_by_name(tmp_path, tiny_image_folder, tiny_backbone):
     import torch
 
-    from transferkit.bundle import ClassifierModel
+    from transferkit.classifier.bundle import ClassifierModel
     from transferkit.data import load_images
-    from transferkit.evaluate import evaluate_model
+    from transferkit.evaluate.metrics import evaluate_model
 
     images = load_images(tiny_image_folder)
     model = ClassifierModel(tiny_backbone, torch.nn.Linear(tiny_backbone.num_features, 4), ["x", *images.class_names])

@@ -21,7 +21,7 @@ from transferkit.explain import (
     total_variation_loss,
 )
 from transferkit.explain.objectives import RenderState
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 
 TINY = dict(size=32, steps=12, views=2, jitter=2)
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from transferkit.cli.main import main
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 from transferkit.explain.featuremaps import (
     default_layers,
     extract_feature_maps,
@@ -151,7 +151,7 @@ def test_dream_cli_ambiguous_class_lists_choices(capsys):
 def test_dream_cli_on_a_bundle_class(tmp_path, tiny_backbone, capsys):
     from torch import nn
 
-    from transferkit.bundle import ClassifierModel, save_bundle
+    from transferkit.classifier.bundle import ClassifierModel, save_bundle
 
     torch.manual_seed(0)
     model = ClassifierModel(tiny_backbone, nn.Linear(tiny_backbone.num_features, 3), ["Abyssinian", "Bengal", "Birman"]).eval()

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from transferkit.data.imageset import ImageSet
-from transferkit.finetune import FinetuneConfig, FinetuneError, choose_mode, finetune, lr_find, plot_lr_find, tta_predict_proba
+from transferkit.finetune import FinetuneConfig, FinetuneError, finetune, lr_find, plot_lr_find, tta_predict_proba
+from transferkit.pipeline.auto import choose_mode
 from transferkit.finetune.layers import layer_groups, param_groups
 
 
@@ -338,7 +339,7 @@ def test_tta_flip_is_invariant_for_a_symmetric_input_and_averages_views():
 
 
 def test_finetuned_model_round_trips_through_a_bundle(tiny_image_folder, tiny_backbone, tmp_path):
-    from transferkit.bundle import load_bundle, save_bundle
+    from transferkit.classifier.bundle import load_bundle, save_bundle
 
     cfg = FinetuneConfig(epochs=1, head_epochs=0, batch_size=6, augment="light")
     model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
@@ -360,8 +361,8 @@ def test_cli_lr_find(tiny_image_folder, tmp_path):
 
 
 def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tmp_path):
-    from transferkit.bundle import load_bundle
-    from transferkit.train import TrainConfig, train
+    from transferkit.classifier.bundle import load_bundle
+    from transferkit.pipeline.train import TrainConfig, train
 
     cfg = TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune",
                       out=str(tmp_path / "b"), val=0.2, test=0.2, batch_size=4, report=True,
@@ -385,9 +386,9 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
 
 def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_folder, tiny_backbone, monkeypatch, tmp_path):
     import transferkit.finetune.loop as loop
-    from transferkit.finetune import auto_candidates, auto_finetune_config
-    from transferkit.finetune.train_entry import train_finetune
-    from transferkit.train import TrainConfig
+    from transferkit.pipeline.auto import auto_candidates, auto_finetune_config
+    from transferkit.pipeline.finetune import train_finetune
+    from transferkit.pipeline.train import TrainConfig
 
     calls = []
     real_cache = loop._cache_trunk
@@ -420,7 +421,7 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
 
 
 def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats_it(tmp_path):
-    from transferkit.train import TrainConfig, train
+    from transferkit.pipeline.train import TrainConfig, train
 
     # Two classes drawn from the same colours (nothing to learn) and one candidate (the user fixed lr)
     # so large that its logits explode: validation keeps the probe's calmer guesses.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 from transferkit.heads import HEADS, HeadError, LogisticHead, MLPHead, create_head
 
 

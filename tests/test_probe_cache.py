@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from transferkit import probe_cache
-from transferkit.bundle import HEAD_FILE, read_bundle_meta
+from transferkit.pipeline import memo as probe_cache
+from transferkit.classifier.bundle import HEAD_FILE, read_bundle_meta
 from transferkit.features import FeatureCache
-from transferkit.train import TrainConfig, train_probe
+from transferkit.pipeline.train import TrainConfig, train_probe
 
 
 def _config(tmp_path, name="model", **kw):
@@ -124,7 +124,7 @@ def test_warm_rerun_with_pretrained_weights_skips_the_backbone(tmp_path, tiny_se
 
 _WARM_CHILD = """
 import json, sys
-from transferkit.train import TrainConfig, train_probe
+from transferkit.pipeline.train import TrainConfig, train_probe
 cfg = TrainConfig(**json.loads(sys.argv[1]))
 result = train_probe(cfg)
 heavy = sorted(m for m in ("torch", "timm", "sklearn", "matplotlib", "onnxruntime") if m in sys.modules)

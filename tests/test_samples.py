@@ -1,4 +1,4 @@
-from transferkit.samples import sample_photo, sample_photos
+from transferkit.data.samples import sample_photo, sample_photos
 
 
 def test_sample_photos_are_real_files():

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from transferkit.bundle import load_bundle, read_bundle_meta
-from transferkit.errors import TransferkitError
-from transferkit.train import TrainConfig, train, train_probe
+from transferkit.classifier.bundle import load_bundle, read_bundle_meta
+from transferkit.core.errors import TransferkitError
+from transferkit.pipeline.train import TrainConfig, train, train_probe
 
 
 def _config(tmp_path, **kw):

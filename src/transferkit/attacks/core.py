@@ -10,7 +10,7 @@ function instead of stateful objects:
 
 FGSM is one such step with ``alpha = eps`` and no random start; BIM is PGD without a random start.
 Models take pixels in [0, 1] and normalise inside (as :class:`~transferkit.backbones.model.PixelModel`
-and :class:`~transferkit.bundle.ClassifierModel` do), so eps is always in pixel units.
+and :class:`~transferkit.classifier.bundle.ClassifierModel` do), so eps is always in pixel units.
 
 With ``quantize=True`` (the default) every image the model sees during the attack, and the
 returned one, lies on the 8-bit grid (k/255) and inside the eps ball: the gradient step is taken on
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferkit.registry import Registry
+from transferkit.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -73,6 +73,6 @@ def perturbation_image(delta: torch.Tensor) -> Image.Image:
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a lossless PNG atomically (temporary name, then rename)."""
-    from transferkit.atomic import atomic_write
+    from transferkit.core.atomic import atomic_write
 
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

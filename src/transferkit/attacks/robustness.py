@@ -171,6 +171,6 @@ def plot_robustness(curves: Sequence[RobustnessCurve], path, *, title: str = "")
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    from transferkit.atomic import save_figure_png
+    from transferkit.core.atomic import save_figure_png
 
     save_figure_png(fig, path)

@@ -26,7 +26,7 @@ from transferkit.backbones.lite_packages import (
     package_weights_path,
 )
 from transferkit.backbones.spec import BackboneSpec
-from transferkit.errors import UnknownNameError, WeightsError
+from transferkit.core.errors import UnknownNameError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _hub_offline_reason() -> str | None:
     """Why the hub cannot be reached right now (``None`` when it seems reachable)."""
     from urllib.parse import urlparse
 
-    from transferkit.network import offline_forced, unreachable_reason
+    from transferkit.core.network import offline_forced, unreachable_reason
 
     forced = offline_forced("HF_HUB_OFFLINE")
     if forced:

@@ -6,7 +6,7 @@ import difflib
 import re
 from functools import lru_cache
 
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 
 
 @lru_cache(maxsize=1)

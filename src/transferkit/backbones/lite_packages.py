@@ -13,7 +13,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from transferkit.errors import WeightsError
+from transferkit.core.errors import WeightsError
 
 # transferkit / timm name -> (importable package, class exposing get_model_file_path, timm arch)
 LITE_PACKAGES: dict[str, tuple[str, str, str]] = {}

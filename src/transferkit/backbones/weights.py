@@ -10,7 +10,7 @@ import logging
 import pickle
 from pathlib import Path
 
-from transferkit.errors import WeightsError
+from transferkit.core.errors import WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from transferkit.cli import output
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 class AttackUsageError(TransferkitError):
@@ -45,7 +45,7 @@ def _load_model(model_path: Path | None, backbone: str | None, weights: str):
     if model_path is not None and backbone is not None:
         raise AttackUsageError("give either --model BUNDLE or --backbone NAME, not both")
     if model_path is not None:
-        from transferkit.bundle import load_bundle
+        from transferkit.classifier.bundle import load_bundle
 
         model = load_bundle(model_path)
         return model, list(model.class_names), f"bundle {model_path} ({model.spec.name}, {len(model.class_names)} classes)"
@@ -113,7 +113,7 @@ def _figure(clean01, adv01, pert_img, before: str, after: str, stats: str, path:
         ax.axis("off")
     fig.suptitle(stats, fontsize=9)
     fig.tight_layout()
-    from transferkit.atomic import save_figure_png
+    from transferkit.core.atomic import save_figure_png
 
     save_figure_png(fig, path)
 

@@ -19,9 +19,9 @@ def classify(
 ) -> None:
     """Classify images into the 1000 ImageNet classes with a pretrained backbone."""
     from transferkit.backbones import create_backbone
-    from transferkit.classify import classify_images
+    from transferkit.classifier.imagenet import classify_images
 
-    from transferkit.samples import sample_photos
+    from transferkit.data.samples import sample_photos
 
     output.check_format(fmt, ("table", "json"))
     paths = list(images or [])

@@ -36,7 +36,7 @@ def download_progress() -> Iterator:
 @datasets_app.command("list")
 def list_command(fmt: str = typer.Option("table", "--format", help="table or json")) -> None:
     """The datasets `transferkit datasets download` knows, and whether each is in the cache."""
-    from transferkit.datasets import list_datasets, prepared_path
+    from transferkit.data.sources import list_datasets, prepared_path
 
     output.check_format(fmt, ("table", "json"))
     rows = []
@@ -57,10 +57,10 @@ def download_command(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="cache root (default $TRANSFERKIT_CACHE_DIR or ~/.cache/transferkit)"),
 ) -> None:
     """Download a dataset (progress, checksum, resume of a partial download) and prepare it in the cache."""
-    from transferkit.datasets import download_dataset, get_dataset_info, unreachable_reason
-    from transferkit.datasets import fashion_mnist
-    from transferkit.datasets.catalog import prepared_path
-    from transferkit.errors import DataError
+    from transferkit.data.sources import download_dataset, get_dataset_info, unreachable_reason
+    from transferkit.data.sources import fashion_mnist
+    from transferkit.data.sources.catalog import prepared_path
+    from transferkit.core.errors import DataError
 
     info = get_dataset_info(name)
     ready = prepared_path(info.name, cache=cache_dir)
@@ -81,7 +81,7 @@ def path_command(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="cache root"),
 ) -> None:
     """Print where a downloaded dataset is (exit 1 when it is not in the cache)."""
-    from transferkit.datasets import get_dataset_info, prepared_path
+    from transferkit.data.sources import get_dataset_info, prepared_path
 
     info = get_dataset_info(name)
     where = prepared_path(info.name, cache=cache_dir)

@@ -31,7 +31,7 @@ def demo(
 
     # scikit-learn's notices about its own future API say nothing a demo user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    from transferkit.demo import REPORT_ORDER, STEP_TITLES, DemoConfig, run_demo
+    from transferkit.demo.run import REPORT_ORDER, STEP_TITLES, DemoConfig, run_demo
 
     output.check_format(fmt, ("table", "json"))
     if data is not None and dataset is not None:

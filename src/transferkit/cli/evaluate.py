@@ -21,12 +21,12 @@ def evaluate(
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none, flip (image + mirror) or flip-zoom (4 views); averages probabilities"),
 ) -> None:
     """Evaluate a bundle: accuracy, top-k, per-class P/R/F1, confusion matrix, calibration, worst mistakes."""
-    from transferkit.bundle import load_bundle, read_bundle_meta
+    from transferkit.classifier.bundle import load_bundle, read_bundle_meta
     from transferkit.cli.train import extraction_progress
     from transferkit.data import load_images, split_imageset
-    from transferkit.errors import DataError
-    from transferkit.evaluate import evaluate_model
-    from transferkit.report import write_report
+    from transferkit.core.errors import DataError
+    from transferkit.evaluate.metrics import evaluate_model
+    from transferkit.evaluate.report import write_report
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(split, ("all", "train", "val", "test"))
@@ -43,7 +43,7 @@ def evaluate(
     output.check_format(tta, ("none", "flip", "flip-zoom"))
     if tta != "none":
         # TTA needs pixels through the whole model (not cached features): transferkit.finetune does it.
-        from transferkit.finetune.train_entry import evaluate_tta
+        from transferkit.evaluate.tta import evaluate_tta
 
         ev = evaluate_tta(clf, images, tta=tta, batch_size=batch_size)
     else:

@@ -14,7 +14,7 @@ def _load_model(backbone: str | None, bundle: Path | None, weights: str):
     if backbone and bundle:
         raise typer.BadParameter("give either --model BUNDLE or --backbone NAME, not both")
     if bundle is not None:
-        from transferkit.bundle import load_bundle
+        from transferkit.classifier.bundle import load_bundle
 
         return load_bundle(bundle)
     from transferkit.backbones import DEFAULT_BACKBONE, create_backbone
@@ -24,7 +24,7 @@ def _load_model(backbone: str | None, bundle: Path | None, weights: str):
 
 def _write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename (no half-written files)."""
-    from transferkit.atomic import atomic_write
+    from transferkit.core.atomic import atomic_write
 
     atomic_write(path, write)
 
@@ -63,7 +63,7 @@ def featuremaps(
     if image is None:
         raise typer.BadParameter("IMAGE is required (or use --list-layers)")
     from transferkit.data.decode import ImageDecodeError
-    from transferkit.errors import DataError
+    from transferkit.core.errors import DataError
 
     try:
         x = load_image_for(net, image)

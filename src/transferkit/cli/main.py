@@ -1,7 +1,7 @@
 """The `transferkit` command: a thin typer layer over the library.
 
 Each command lives in its own module (one per command group) and is registered here. Known errors
-(:class:`~transferkit.errors.TransferkitError`) print one line and exit 1; set
+(:class:`~transferkit.core.errors.TransferkitError`) print one line and exit 1; set
 ``TRANSFERKIT_DEBUG=1`` for the full traceback.
 """
 
@@ -90,7 +90,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    from transferkit.errors import TransferkitError
+    from transferkit.core.errors import TransferkitError
 
     try:
         # In non-standalone mode click returns the code of a typer.Exit instead of raising it.

@@ -14,7 +14,7 @@ from transferkit.cli import output
 
 def _expand(paths: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files inside them (sorted, recursive)."""
-    from transferkit.errors import DataError
+    from transferkit.core.errors import DataError
 
     suffixes = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
     found: list[Path] = []
@@ -40,9 +40,9 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
     """Predict the classes of images with a trained model bundle."""
-    from transferkit.bundle import load_bundle
+    from transferkit.classifier.bundle import load_bundle
     from transferkit.cli.train import extraction_progress
-    from transferkit.evaluate import predict_images
+    from transferkit.evaluate.metrics import predict_images
 
     output.check_format(fmt, ("table", "csv", "json"))
     output.check_format(engine, ("auto", "torch", "onnxruntime"))

@@ -76,8 +76,8 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
-    from transferkit.train import MODES, TrainConfig
-    from transferkit.train import train as run_train
+    from transferkit.pipeline.train import MODES, TrainConfig
+    from transferkit.pipeline.train import train as run_train
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(mode, MODES)

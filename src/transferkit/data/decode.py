@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from transferkit.backbones.spec import BackboneSpec
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 logger = logging.getLogger(__name__)
 

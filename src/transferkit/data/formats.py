@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferkit.data.imageset import Rejected
-from transferkit.errors import DataError
+from transferkit.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

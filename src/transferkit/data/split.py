@@ -17,7 +17,7 @@ from collections import defaultdict
 import numpy as np
 
 from transferkit.data.imageset import ImageSet
-from transferkit.errors import DataError
+from transferkit.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 
 # Containers whose children are the stages of common timm CNNs.
 _STAGE_CONTAINERS = ("blocks", "stages", "features", "layers")

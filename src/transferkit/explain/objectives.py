@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from transferkit.registry import Registry
+from transferkit.core.registry import Registry
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:

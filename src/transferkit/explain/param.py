@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.registry import Registry
+from transferkit.core.registry import Registry
 
 # Square root of the colour covariance of ImageNet photos (Lucid's
 # ``color_correlation_svd_sqrt``), so that the three learned channels are roughly uncorrelated

@@ -306,7 +306,7 @@ def resolve_class(model: nn.Module, query: str | int) -> tuple[int, str]:
     Raises:
         UnknownNameError: nothing matches, or several classes do (the message lists them).
     """
-    from transferkit.errors import UnknownNameError
+    from transferkit.core.errors import UnknownNameError
 
     text = str(query).strip()
     class_names = getattr(model, "class_names", None)

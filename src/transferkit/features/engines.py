@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 log = logging.getLogger(__name__)
 

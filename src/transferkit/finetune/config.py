@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
 
 
 class FinetuneError(TransferkitError):

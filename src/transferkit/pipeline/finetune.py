@@ -1,9 +1,9 @@
-"""``transferkit train --mode finetune|auto``: the bridge from :class:`transferkit.train.TrainConfig`.
+"""``transferkit train --mode finetune|auto``: the bridge from :class:`transferkit.pipeline.train.TrainConfig`.
 
 :func:`train_finetune` loads and splits the data like the probe, fine-tunes with a
 :class:`FinetuneConfig` built from ``TrainConfig.options`` (any FinetuneConfig field, plus ``tta``),
 evaluates the held-out split, and saves the bundle (backbone weights included) and a report with
-the training curves. :func:`train_auto` applies :func:`transferkit.finetune.choose_mode`.
+the training curves. ``--mode auto`` is :mod:`transferkit.pipeline.auto`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferkit.atomic import save_figure_png
-from transferkit.errors import DataError
+from transferkit.core.errors import DataError
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 
 log = logging.getLogger(__name__)
@@ -40,67 +39,6 @@ def finetune_config_from(train_config, base: FinetuneConfig | None = None) -> tu
     kw.update(options)
     cfg = dataclasses.replace(base, **kw) if base is not None else FinetuneConfig(**kw)
     return cfg.validate(), tta
-
-
-@torch.no_grad()
-def predict_proba(model, images, *, batch_size: int = 64, tta: str = "none") -> np.ndarray:
-    """Probabilities for an ImageSet with the backbone's evaluation preprocessing (and optional TTA)."""
-    from transferkit.finetune.loop import _batched, _load_eval_pixels
-    from transferkit.finetune.transforms import tta_predict_proba
-
-    pixels = _load_eval_pixels(images, model.spec)
-    model.eval()
-    out = [tta_predict_proba(model, pixels[sl].float() / 255, tta).numpy() for sl in _batched(len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, len(model.class_names)), dtype=np.float32)
-
-
-def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
-    """:func:`transferkit.evaluate.evaluate_model` with test-time augmentation (labels matched by class name).
-
-    Unreadable images are skipped and listed in ``metrics["failed_images"]``.
-    """
-    from transferkit.data.decode import ImageDecodeError, open_rgb
-    from transferkit.errors import DataError
-    from transferkit.evaluate import evaluate_probabilities
-
-    unknown = sorted(set(images.class_names) - set(model.class_names))
-    if unknown:
-        raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown[:8])}")
-    to_model = np.array([model.class_names.index(c) for c in images.class_names], dtype=np.int64)
-    good, failed = [], {}
-    options = images.decode_options
-    for i, p in enumerate(images.paths):
-        try:
-            open_rgb(p, **options)
-            good.append(i)
-        except ImageDecodeError as exc:
-            failed[str(p)] = str(exc)
-    if not good:
-        raise DataError("none of the images could be read; see `transferkit data inspect`")
-    subset = images.subset(good)
-    probs = predict_proba(model, subset, batch_size=batch_size, tta=tta)
-    ev = evaluate_probabilities(probs, to_model[subset.labels], model.class_names, paths=[str(p) for p in subset.paths])
-    ev.metrics["failed_images"] = failed
-    ev.metrics["tta"] = tta
-    return ev
-
-
-def curves_png(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and validation) as a PNG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    a1, a2 = fig.subplots(1, 2)
-    for key, ax in (("loss", a1), ("acc", a2)):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            pts = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
-            if pts:
-                ax.plot(*zip(*pts), style, label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
-    fig.tight_layout()
-    return save_figure_png(fig, path)
 
 
 def _kept_score(model, history: list[dict]) -> tuple[float, float]:
@@ -170,15 +108,15 @@ def finetune_candidates(train, val, base: FinetuneConfig, candidates: list[dict]
 
 def train_finetune(config, *, imageset=None, backbone=None, progress=None, finetune_config: FinetuneConfig | None = None,
                    candidates: list[dict] | None = None, write_outputs: bool = True):
-    """Fine-tune as ``config`` (a :class:`transferkit.train.TrainConfig`) says; returns a ``TrainResult``.
+    """Fine-tune as ``config`` (a :class:`transferkit.pipeline.train.TrainConfig`) says; returns a ``TrainResult``.
 
     ``candidates`` (``--mode auto``): overrides of the fine-tuning config to compare on validation
     data; without a validation split, 15 % of the training images are held out for the choice.
     ``write_outputs=False`` leaves the bundle and report to :func:`write_finetune_outputs`.
     """
     from transferkit.backbones import create_backbone
-    from transferkit.evaluate import evaluate_probabilities
-    from transferkit.train import TrainResult, _load_split
+    from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.pipeline.train import TrainResult, _load_split
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -208,6 +146,8 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
     metrics: dict[str, Any] = {}
     if held_out:
         t = time.perf_counter()
+        from transferkit.evaluate.tta import predict_proba
+
         probs = predict_proba(model, evaluation, tta=tta)
         evaluation = evaluate_probabilities(probs, evaluation.labels, data.class_names, paths=[str(p) for p in evaluation.paths])
         metrics = dict(evaluation.metrics)
@@ -232,7 +172,7 @@ def train_finetune(config, *, imageset=None, backbone=None, progress=None, finet
 
 def write_finetune_outputs(config, result):
     """Save a fine-tuned ``result``'s bundle (backbone included) and report under ``config.out``."""
-    from transferkit.bundle import save_bundle
+    from transferkit.classifier.bundle import save_bundle
 
     if not config.out:
         return result
@@ -244,51 +184,14 @@ def write_finetune_outputs(config, result):
     result.timings["save"] = time.perf_counter() - t
     held_out = m.get("split", "")
     if config.report and result.evaluation is not None:
-        from transferkit.report import write_report
+        from transferkit.evaluate.report import write_report
 
         out_dir = Path(config.out) / "report"
-        curves_png(m["history"], out_dir / "curves.png")
+        from transferkit.evaluate.report import training_curves_png
+
+        training_curves_png(m["history"], out_dir / "curves.png")
         result.report_path = write_report(result.evaluation, out_dir,
                                           title=f"{Path(config.data).name or 'data'}: {config.backbone} fine-tuned ({held_out} split)",
                                           details={"config": ft_cfg, "history": m["history"], "curves": "curves.png"})
     m["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
-    return result
-
-
-def train_auto(config, **kwargs):
-    """``--mode auto``: probe or fine-tune by :func:`transferkit.finetune.choose_mode` (data size, device)."""
-    from transferkit.finetune import auto_candidates, auto_finetune_config, choose_mode
-    from transferkit.train import load_config_imageset, train_probe
-
-    imageset = load_config_imageset(config, kwargs.pop("imageset", None))
-    labels, train_share = imageset.labels, max(0.0, 1.0 - config.val - config.test)
-    if imageset.split is not None and "train" in imageset.split:  # an official split: its training part, less validation
-        labels = imageset.labels[np.asarray(imageset.split) == "train"]
-        train_share = 1.0 if "val" in imageset.split else max(0.0, 1.0 - config.val)
-    counts = np.bincount(labels, minlength=len(imageset.class_names))
-    mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
-    log.info("--mode auto chose %s: %s", mode, reason)
-    ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
-    probe_config = dataclasses.replace(config, mode="probe", options={k: v for k, v in (config.options or {}).items() if k not in ft_keys})
-    if mode == "probe":
-        result = train_probe(probe_config, imageset=imageset, **kwargs)
-    else:
-        base = auto_finetune_config(config.device or "auto")
-        merged, _ = finetune_config_from(config, base)  # the user's options can change the strategy
-        candidates = auto_candidates(merged, config.options)
-        tuned = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, write_outputs=False, **kwargs)
-        if tuned.metrics["finetune"].get("best_epoch") != 0:
-            tuned.metrics["auto"] = {"mode": mode, "reason": reason}
-            return write_finetune_outputs(config, tuned)
-        # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
-        # on every training image (the fine-tune may have held some out to choose its setting).
-        mode, reason = "probe", (f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted "
-                                 "on all training images instead")
-        log.info("--mode auto: %s", reason)
-        result = train_probe(probe_config, imageset=imageset, **kwargs)
-        result.metrics["auto_finetune_candidates"] = [{k: v for k, v in c.items() if k != "chosen"}
-                                                      for c in tuned.metrics["finetune"].get("candidates", [])]
-        result.timings["auto_finetune_tried"] = tuned.timings.get("finetune", 0.0)
-        result.metrics.setdefault("timings", {})["auto_finetune_tried"] = round(result.timings["auto_finetune_tried"], 4)
-    result.metrics["auto"] = {"mode": mode, "reason": reason}
     return result

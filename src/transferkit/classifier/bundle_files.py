@@ -1,6 +1,6 @@
 """Writing a bundle directory without PyTorch: the file layout, hashes and the atomic swap.
 
-:func:`transferkit.bundle.save_bundle` writes through :func:`write_bundle_dir`, and so does a
+:func:`transferkit.classifier.bundle.save_bundle` writes through :func:`write_bundle_dir`, and so does a
 warm ``train`` rerun that never built the network (it has the head's weights as numpy arrays):
 importing PyTorch costs more than the rest of such a rerun. safetensors writes the same bytes
 from numpy arrays as from the equal torch tensors, so both routes give identical files.
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from transferkit import __version__
-from transferkit.atomic import replace_directory
+from transferkit.core.atomic import replace_directory
 from transferkit.backbones.weights import sha256_of_bytes
-from transferkit.errors import BundleError
+from transferkit.core.errors import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ def write_bundle_dir(
     config: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle directory at ``path`` atomically (see :func:`transferkit.bundle.save_bundle`).
+    """Write a bundle directory at ``path`` atomically (see :func:`transferkit.classifier.bundle.save_bundle`).
 
     Args:
         spec: the backbone's :class:`~transferkit.backbones.spec.BackboneSpec`.
-        head_cfg: the head's architecture (:func:`transferkit.bundle.head_config`).
+        head_cfg: the head's architecture (:func:`transferkit.classifier.bundle.head_config`).
         weights: file name -> ``write(path)`` for each weights file (``head.safetensors``, and
             ``backbone.safetensors`` when ``include_backbone``).
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from transferkit.datasets import fashion_mnist
-from transferkit.datasets.cache import datasets_dir, downloads_dir
-from transferkit.datasets.download import ProgressCallback, download_file, extract_archive
-from transferkit.errors import DataError
-from transferkit.registry import Registry
+from transferkit.data.sources import fashion_mnist
+from transferkit.data.sources.cache import datasets_dir, downloads_dir
+from transferkit.data.sources.download import ProgressCallback, download_file, extract_archive
+from transferkit.core.errors import DataError
+from transferkit.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@
 - :func:`download_file`: the download machinery itself.
 """
 
-from transferkit.datasets.cache import cache_root, datasets_dir, downloads_dir
-from transferkit.datasets.catalog import DatasetInfo, download_dataset, get_dataset_info, list_datasets, prepared_path
-from transferkit.datasets.download import DownloadError, download_file, extract_archive, file_digest
-from transferkit.datasets.resolve import ResolvedDataset, resolve_dataset, unreachable_reason
+from transferkit.data.sources.cache import cache_root, datasets_dir, downloads_dir
+from transferkit.data.sources.catalog import DatasetInfo, download_dataset, get_dataset_info, list_datasets, prepared_path
+from transferkit.data.sources.download import DownloadError, download_file, extract_archive, file_digest
+from transferkit.data.sources.resolve import ResolvedDataset, resolve_dataset, unreachable_reason
 
 __all__ = [
     "DatasetInfo",

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit.atomic import replace_directory
-from transferkit.errors import DataError
+from transferkit.core.atomic import replace_directory
+from transferkit.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

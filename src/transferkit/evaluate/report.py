@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.atomic import atomic_write_bytes
+from transferkit.core.atomic import atomic_write_bytes, save_figure_png
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _cached_png(cache_dir: Path | None, kind: str, inputs: Any, draw) -> bytes:
     from importlib import metadata
 
     from transferkit import __version__
-    from transferkit.bundle_files import json_safe as _json_safe
+    from transferkit.classifier.bundle_files import json_safe as _json_safe
 
     try:
         mpl = metadata.version("matplotlib")
@@ -153,7 +153,7 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     """Write ``metrics.json``, ``confusion_matrix.png``, ``calibration.png`` and ``report.html``.
 
     Args:
-        evaluation: an :class:`~transferkit.evaluate.Evaluation`.
+        evaluation: an :class:`~transferkit.evaluate.metrics.Evaluation`.
         out_dir: the folder to write into (created if needed).
         title: the page title.
         details: anything else to show (the training config, ...), JSON-able.
@@ -163,7 +163,7 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     Returns:
         The path of ``report.html``.
     """
-    from transferkit.bundle_files import json_safe as _json_safe
+    from transferkit.classifier.bundle_files import json_safe as _json_safe
 
     out = Path(out_dir)
     m = evaluation.metrics
@@ -216,3 +216,21 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
 
 
 __all__ = ["calibration_png", "confusion_matrix_png", "write_report"]
+
+
+def training_curves_png(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch (train and validation) as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    a1, a2 = fig.subplots(1, 2)
+    for key, ax in (("loss", a1), ("acc", a2)):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            pts = [(r["epoch"], r[f"{split}_{key}"]) for r in history if f"{split}_{key}" in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    return save_figure_png(fig, path)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from transferkit.atomic import replace_directory
-from transferkit.errors import DataError
+from transferkit.core.atomic import replace_directory
+from transferkit.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

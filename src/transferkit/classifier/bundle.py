@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from transferkit.backbones.spec import BackboneSpec
-from transferkit.bundle_files import BACKBONE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, HEAD_FILE, write_bundle_dir
-from transferkit.bundle_files import json_safe as _json_safe
-from transferkit.bundle_files import sha256_file as _sha256
-from transferkit.bundle_files import umask as _umask  # noqa: F401 - kept for importers
-from transferkit.errors import BundleError, TransferkitError
+from transferkit.classifier.bundle_files import BACKBONE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, HEAD_FILE, write_bundle_dir
+from transferkit.classifier.bundle_files import json_safe as _json_safe
+from transferkit.classifier.bundle_files import sha256_file as _sha256
+from transferkit.classifier.bundle_files import umask as _umask  # noqa: F401 - kept for importers
+from transferkit.core.errors import BundleError, TransferkitError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from transferkit.atomic import atomic_write_text
-from transferkit.demo import REPORT_ORDER, STEP_TITLES, DemoResult, StepOutcome
+from transferkit.core.atomic import atomic_write_text
+from transferkit.demo.result import REPORT_ORDER, STEP_TITLES, DemoResult, StepOutcome
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}

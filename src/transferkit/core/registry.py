@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 from typing import Callable, Generic, Iterator, TypeVar
 
-from transferkit.errors import UnknownNameError
+from transferkit.core.errors import UnknownNameError
 
 T = TypeVar("T")
 

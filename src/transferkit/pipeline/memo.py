@@ -80,7 +80,7 @@ def _save_entry(cache_dir, key: str, arrays: dict[str, np.ndarray], meta: dict[s
     """One safetensors file: ``arrays`` plus ``meta`` as JSON in its header; temp name, then rename."""
     from safetensors.numpy import save_file
 
-    from transferkit.bundle_files import json_safe
+    from transferkit.classifier.bundle_files import json_safe
 
     folder = Path(cache_dir) / folder_name
     path = folder / f"{key}.safetensors"
@@ -120,11 +120,11 @@ def _load_entry(cache_dir, key: str, folder_name: str = "heads") -> tuple[dict[s
 
 
 def save_head(cache_dir: str | os.PathLike, key: str, module, info: dict[str, Any]) -> Path | None:
-    """Store ``module`` (a head :func:`transferkit.bundle.head_config` can describe) and ``info``.
+    """Store ``module`` (a head :func:`transferkit.classifier.bundle.head_config` can describe) and ``info``.
 
     Best effort: a cache that cannot be written only costs the next run a refit.
     """
-    from transferkit.bundle import _state_for_saving, head_config
+    from transferkit.classifier.bundle import _state_for_saving, head_config
 
     try:
         arrays = {k: v.numpy() for k, v in _state_for_saving(module).items()}
@@ -171,7 +171,7 @@ class CachedHead:
     Holds the weights as numpy arrays (PyTorch is imported only if :attr:`module` is used).
 
     Attributes:
-        config: the head's architecture (:func:`transferkit.bundle.head_config`).
+        config: the head's architecture (:func:`transferkit.classifier.bundle.head_config`).
         state: the ``nn.Module``'s state dict as numpy arrays.
         info: what the fitted head recorded (``C`` for the logistic head, also as ``C_``).
         num_outputs: logits per row (one per class index).
@@ -189,7 +189,7 @@ class CachedHead:
         if self._module is None:
             import torch
 
-            from transferkit.bundle import build_head
+            from transferkit.classifier.bundle import build_head
 
             module = build_head(self.config)
             module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.state.items()}, strict=True)

@@ -1,7 +1,7 @@
 """Predicting with a bundle and measuring it: accuracy, top-k, per-class P/R/F1, confusion
 matrix, calibration error and the most confidently wrong images.
 
-Everything here returns values; files are written by :mod:`transferkit.report` and printing is
+Everything here returns values; files are written by :mod:`transferkit.evaluate.report` and printing is
 the CLI's job.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transferkit.errors import DataError
+from transferkit.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def predict_images(
     model, paths: Sequence[str | Path], *, top_k: int = 5, engine: str = "auto", batch_size: int = 32,
     cache: bool = True, progress: Callable[[int, int], None] | None = None, device: str | None = None,
 ) -> list[Prediction]:
-    """Top-k predictions of a :class:`~transferkit.bundle.ClassifierModel` for image files.
+    """Top-k predictions of a :class:`~transferkit.classifier.bundle.ClassifierModel` for image files.
 
     Unreadable files get an ``error`` and the rest go on.
     """
