@@ -139,3 +139,40 @@ def test_attack_library_on_a_bundle_agrees_with_cli_rules(tiny_bundle, photo):
     x = load_for_spec(photo, model.spec)[None]
     r = attack(model, x, method="pgd", eps=8 / 255, generator=torch.Generator().manual_seed(0))
     assert float(r.linf[0]) <= 8 / 255 + 1e-6
+
+
+def test_attack_cli_out_png_is_the_adversarial_file(tmp_path, capsys, tiny_bundle, photo):
+    out = tmp_path / "results" / "adv.png"
+    code = main(["attack", photo, "--model", str(tiny_bundle), "--untargeted", "--method", "fgsm", "--eps", "8/255", "--out", str(out), "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.is_file() and not out.is_dir()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["adv.png", "adv_attack.png", "adv_perturbation.png"]
+    files = json.loads(captured.out)["files"]
+    assert files == {"adversarial": str(out), "perturbation": str(out.parent / "adv_perturbation.png"),
+                     "figure": str(out.parent / "adv_attack.png")}
+
+
+def test_attack_cli_out_without_suffix_is_a_folder(tmp_path, capsys, tiny_bundle, photo):
+    out = tmp_path / "adv"
+    code = main(["attack", photo, "--model", str(tiny_bundle), "--untargeted", "--method", "fgsm", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["photo_adv.png", "photo_attack.png", "photo_perturbation.png"]
+
+
+@pytest.mark.parametrize("name", ["adv.jpg", "adv.jpeg", "adv.webp"])
+def test_attack_cli_refuses_a_lossy_out_in_one_line(tmp_path, capsys, tiny_bundle, photo, name):
+    code = main(["attack", photo, "--model", str(tiny_bundle), "--untargeted", "--out", str(tmp_path / name)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error:") and "lossy" in err[0] and "undo the attack" in err[0]
+    assert "Error" not in err[0].split("error:", 1)[1]  # no exception class names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "photo.png"]
+
+
+def test_robustness_cli_limit_draws_a_balanced_sample(tmp_path, capsys, tiny_bundle, tiny_image_folder):
+    code = main(["robustness", str(tiny_bundle), str(tiny_image_folder), "--eps", "0,2/255", "--method", "fgsm", "--limit", "6",
+                 "--plot", str(tmp_path / "p.png")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "6 of 18 images" in captured.out and f"wrote {tmp_path / 'p.png'}" in captured.out.replace("\n", "")

@@ -76,3 +76,38 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     from transferkit.core.atomic import atomic_write
 
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def save_attack_figure(
+    clean01: torch.Tensor, adv01: torch.Tensor, perturbation: Image.Image, *, before: str, after: str, caption: str,
+    path: str | os.PathLike,
+) -> Path:
+    """Write the side-by-side figure (original, amplified perturbation, adversarial) as a PNG.
+
+    Args:
+        clean01: the clean model input [3,H,W].
+        adv01: the adversarial model input [3,H,W].
+        perturbation: the amplified perturbation (:func:`perturbation_image`).
+        before: caption under the original ("tabby (281) 93.0%").
+        after: caption under the adversarial image.
+        caption: the figure's title line (attack settings and image-quality numbers).
+        path: where to write it (atomically).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from transferkit.core.atomic import save_figure_png
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    panels = [(tensor_to_pil(clean01), f"original\n{before}"), (perturbation, "perturbation (amplified)"),
+              (tensor_to_pil(adv01), f"adversarial\n{after}")]
+    for n, (img, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, n + 1)
+        ax.imshow(np.asarray(img))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    return save_figure_png(fig, path)
