@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from transferkit.core.paths import cache_root, cache_unusable
 from transferkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_rgb
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,8 @@ class FileCheck:
 
 
 def default_cache_dir() -> Path:
-    """``$TRANSFERKIT_CACHE_DIR`` or ``~/.cache/transferkit``."""
-    env = os.environ.get("TRANSFERKIT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit"
+    """``$TRANSFERKIT_CACHE_DIR`` or ``~/.cache/transferkit`` (:func:`transferkit.core.paths.cache_root`)."""
+    return cache_root()
 
 
 def content_hash(data: bytes) -> str:
@@ -132,14 +132,19 @@ def _stat_key(path: Path) -> list[int] | None:
 
 
 class VerifyCache:
-    """Per-file verdicts for one folder and one set of options, in one JSON file."""
+    """Per-file verdicts for one folder and one set of options, in one JSON file.
+
+    A cache that cannot be read or written only costs time: one warning (per cache folder and
+    process) and the checks go on without it.
+    """
 
     def __init__(self, root: Path, options: VerifyOptions, cache_dir: Path | None = None):
-        cache_dir = (cache_dir or default_cache_dir()) / "verify"
+        self.root_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         key = hashlib.blake2b(f"{Path(root).resolve()}\0{options.key()}".encode(), digest_size=12).hexdigest()
-        self.file = cache_dir / f"{key}.json"
+        self.file = self.root_dir / "verify" / f"{key}.json"
         self.entries: dict[str, dict[str, Any]] = {}
         self.dirty = False
+        self.usable = True
         try:
             data = json.loads(self.file.read_text())
             if isinstance(data, dict) and data.get("version") == VERIFY_FORMAT_VERSION and data.get("options") == options.key() \
@@ -147,7 +152,10 @@ class VerifyCache:
                 self.entries = data["entries"]
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as exc:
+        except (NotADirectoryError, PermissionError) as exc:  # the folder itself is unusable
+            self.usable = False
+            cache_unusable(self.root_dir, exc)
+        except (OSError, ValueError) as exc:  # a damaged file: checked again and rewritten
             logger.warning("ignoring unreadable verify cache %s: %s", self.file, exc)
         self.options = options
 
@@ -178,7 +186,7 @@ class VerifyCache:
 
     def save(self) -> None:
         """Write atomically (temp file + os.replace) so a crash never leaves half a cache."""
-        if not self.dirty:
+        if not self.dirty or not self.usable:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +200,9 @@ class VerifyCache:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             self.dirty = False
-        except OSError as exc:  # a read-only cache dir must not stop the load
-            logger.warning("could not write verify cache %s: %s", self.file, exc)
+        except OSError as exc:  # a read-only or full cache dir must not stop the load
+            self.usable = False
+            cache_unusable(self.root_dir, exc)
 
 
 def _usable_cores() -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -22,12 +24,15 @@ import torch
 from torch import nn
 
 from transferkit.core.errors import TransferkitError
+from transferkit.core.paths import cache_unusable, describe_os_error
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime")
 ONNX_EXPORT_VERSION = 1
 ONNX_MAX_ABS_DIFF = 1e-4
+# A temporary export file older than this was left by a killed run (an export takes seconds).
+STALE_EXPORT_SECONDS = 30 * 60
 
 
 class EngineError(TransferkitError):
@@ -118,27 +123,85 @@ def onnx_model_path(backbone: nn.Module, cache_dir: Path) -> Path:
     return cache_dir / "onnx" / f"{backbone.spec.name}-{key[:20]}.onnx"
 
 
-def export_onnx(backbone: nn.Module, path: Path) -> Path:
-    """Export ``backbone`` (uint8 NHWC in, features out, dynamic batch) to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+class ExportWriteError(EngineError):
+    """An exported graph could not be written to its folder (full disk, not writable, ...)."""
+
+    def __init__(self, folder: Path, cause: OSError) -> None:
+        super().__init__(f"cannot write an exported graph to {folder} ({describe_os_error(cause)}); "
+                         "free some space or use --engine torch")
+        self.folder, self.cause = folder, cause
+
+
+def remove_stale_exports(folder: Path, max_age_s: float = STALE_EXPORT_SECONDS) -> int:
+    """Delete temporary export files (``.*.tmp``) in ``folder`` older than ``max_age_s``, left by killed runs."""
+    removed = 0
+    cutoff = time.time() - max_age_s
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # another run removed it, or it is not ours to remove
+            continue
+    if removed:
+        log.info("removed %d temporary export files left in %s by interrupted runs", removed, folder)
+    return removed
+
+
+def onnx_export_dir(cache_dir: Path | None) -> tuple[Path, bool]:
+    """``(folder, temporary)``: where to keep an exported graph.
+
+    ``<cache_dir>/onnx`` (stale temporary files of killed exports removed), or, with no cache
+    (``cache_dir`` is ``None``) or an unusable one (one warning), a new temporary folder that the
+    caller deletes once the graph is loaded.
+    """
+    if cache_dir is not None:
+        folder = Path(cache_dir) / "onnx"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_exports(folder)
+            return folder, False
+        except OSError as exc:
+            cache_unusable(cache_dir, exc)
+    return Path(tempfile.mkdtemp(prefix="transferkit-onnx-")), True
+
+
+def _export_to(backbone: nn.Module, file: str) -> None:
     wrapper = _Uint8Features(backbone).eval().cpu()
     example = torch.from_numpy(_probe_pixels(backbone.spec))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            file,
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def export_onnx(backbone: nn.Module, path: Path) -> Path:
+    """Export ``backbone`` (uint8 NHWC in, features out, dynamic batch) to ``path`` atomically.
+
+    Raises:
+        ExportWriteError: the folder cannot be written (full disk, read-only, a file in the way).
+        EngineError: the export itself failed.
+    """
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                tmp,
-                input_names=["pixels"],
-                output_names=["features"],
-                dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ExportWriteError(path.parent, exc) from None
+    try:
+        _export_to(backbone, tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ExportWriteError(path.parent, exc) from None
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
         raise EngineError(f"ONNX export of {backbone.spec.name} failed ({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -154,12 +217,35 @@ class OnnxEngine:
     # EfficientNet-Lite0, batches of 16 half that, at the same images/s on a CPU.
     max_batch = 16
 
-    def __init__(self, backbone: nn.Module, cache_dir: Path, *, threads: int | None = None) -> None:
+    def __init__(self, backbone: nn.Module, cache_dir: Path | None, *, threads: int | None = None) -> None:
+        """``cache_dir``: where exported graphs are kept; ``None`` (no cache): a temporary folder, deleted once loaded."""
         try:
             import onnxruntime as ort
         except ImportError:
             raise EngineError("onnxruntime is not installed (pip install onnxruntime); or use --engine torch") from None
-        self.path = onnx_model_path(backbone, cache_dir)
+        folder, temporary = onnx_export_dir(cache_dir)
+        self._temp_dir = folder if temporary else None
+        self._cache_dir = cache_dir
+        self.path = folder / onnx_model_path(backbone, Path()).name
+        try:
+            self._prepare(ort, backbone, threads)
+        finally:
+            if self._temp_dir is not None:  # the session holds the graph now
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def _export(self, backbone: nn.Module) -> None:
+        try:
+            export_onnx(backbone, self.path)
+        except ExportWriteError as exc:
+            if self._temp_dir is not None:
+                raise
+            # The cache cannot take the graph (full disk, read-only): use it from a temporary folder.
+            cache_unusable(self._cache_dir, exc.cause)
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="transferkit-onnx-"))
+            self.path = self._temp_dir / self.path.name
+            export_onnx(backbone, self.path)
+
+    def _prepare(self, ort, backbone: nn.Module, threads: int | None) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
@@ -169,7 +255,7 @@ class OnnxEngine:
         opts.log_severity_level = 3
         fresh = not self.path.is_file()
         if fresh:
-            export_onnx(backbone, self.path)
+            self._export(backbone)
         try:
             self._open_and_check(ort, opts, backbone)
         except Exception as exc:
@@ -178,7 +264,7 @@ class OnnxEngine:
                 raise
             # A corrupt or stale cached graph: export again once, then it must pass.
             log.warning("cached ONNX model %s unusable (%s); exporting again", self.path, exc)
-            export_onnx(backbone, self.path)
+            self._export(backbone)
             try:
                 self._open_and_check(ort, opts, backbone)
             except Exception:
@@ -218,21 +304,20 @@ def create_engine(backbone: nn.Module, engine: str = "auto", *, cache_dir: Path 
         backbone: a PixelModel (frozen; put in eval mode).
         engine: ``"auto"`` (CUDA -> torch, else ONNX Runtime, else torch), ``"torch"`` or
             ``"onnxruntime"``.
-        cache_dir: where exported ONNX graphs are kept (default: the transferkit cache dir).
+        cache_dir: where exported ONNX graphs are kept; ``None`` (no cache): nothing is written
+            under the cache, the graph is exported to a temporary folder.
         device: torch device for the torch engine (default: CUDA when available).
 
     Raises:
         EngineError: unknown engine, or ``"onnxruntime"`` asked for and unusable.
     """
-    from transferkit.features.cache import default_cache_dir
-
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     backbone.eval()
     want_cuda = (device is not None and str(device).startswith("cuda")) or (device is None and torch.cuda.is_available())
     if engine == "torch" or (engine == "auto" and want_cuda):
         return TorchEngine(backbone, device)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else None  # None: --no-cache, write nothing there
     try:
         return OnnxEngine(backbone, cache_dir)
     except EngineError as exc:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def cache_root() -> Path:
-    """The toolkit's cache folder (``TRANSFERKIT_CACHE_DIR`` when set, else ``~/.cache/transferkit``)."""
-    env = os.environ.get("TRANSFERKIT_CACHE_DIR", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit"
+from transferkit.core.paths import cache_root
 
 
 def datasets_dir(root: Path | None = None) -> Path:
@@ -20,3 +15,6 @@ def datasets_dir(root: Path | None = None) -> Path:
 def downloads_dir(root: Path | None = None) -> Path:
     """Downloaded archives (kept so a rerun never downloads twice; partial files end in ``.part``)."""
     return (root or cache_root()) / "downloads"
+
+
+__all__ = ["cache_root", "datasets_dir", "downloads_dir"]
