@@ -1,0 +1,233 @@
+"""Predicting with an exported transferkit model: ONNX Runtime, numpy and Pillow, no torch.
+
+The file's contract (written by :mod:`transferkit.classifier.export`):
+
+- input ``pixels``: uint8, ``[N, H, W, 3]`` (NHWC, RGB), ``H = W = preprocessing.image_size``,
+  the image already decoded, resized and centre-cropped as :mod:`transferkit.runtime.decode` does;
+- output ``probabilities``: float32 ``[N, K]`` (softmax over ``class_names``), any batch size N;
+- metadata key ``transferkit``: JSON with the class names, the preprocessing (the backbone spec),
+  the source bundle's sha256, the toolkit version, the precision and what was measured at export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.core.errors import TransferkitError
+from transferkit.runtime.decode import (
+    DEFAULT_MAX_PIXELS,
+    Geometry,
+    ImageInputError,
+    load_pixels,
+)
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "transferkit"
+FORMAT = "transferkit-onnx"
+FORMAT_VERSION = 1
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+LAYOUT = "NHWC"
+
+
+class ModelFileError(TransferkitError):
+    """An exported model file is missing, unreadable or not a transferkit export."""
+
+
+def cpu_threads() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Prediction:
+    """The top classes for one input, or the reason it could not be read.
+
+    Attributes:
+        source: the path (or ``"<image N>"`` for in-memory inputs).
+        top: ``(class name, probability)`` pairs, most probable first.
+        error: why the input was not classified (empty when it was).
+    """
+
+    source: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "top": [{"label": c, "probability": p} for c, p in self.top]}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def open_session(path: str | Path, *, threads: int | None = None):
+    """An ONNX Runtime CPU session for ``path`` (passive waiting threads, all graph optimisations).
+
+    Raises:
+        ModelFileError: onnxruntime missing, or the file cannot be loaded.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelFileError("onnxruntime is not installed; pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or cpu_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:160]}); export it again") from None
+
+
+def read_metadata(session, path: str | Path) -> dict[str, Any]:
+    """The ``transferkit`` metadata of an open session, checked for format and version."""
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise ModelFileError(f"{path} has no transferkit metadata; export it with `transferkit export MODEL --out {Path(path).name}`")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ModelFileError(f"{path}: its transferkit metadata is not JSON; export it again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a transferkit export (metadata format {str(meta)[:40]!r})")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has export format version {meta.get('format_version')!r}; this runtime reads up to "
+                             f"{FORMAT_VERSION}. Upgrade transferkit.")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise ModelFileError(f"{path}: the metadata has no list of class names; export it again")
+    if not isinstance(meta.get("preprocessing"), dict):
+        raise ModelFileError(f"{path}: the metadata has no preprocessing; export it again")
+    return meta
+
+
+class Runtime:
+    """An exported model ready to classify images; thread-safe (one session shared by all threads).
+
+    Example:
+        >>> rt = Runtime("model.onnx")
+        >>> rt.predict(["cat.jpg", "dog.png"], top_k=3)[0].top
+        [('cat', 0.97), ('dog', 0.03)]
+
+    Args:
+        path: the ``.onnx`` file written by ``transferkit export``.
+        threads: ONNX Runtime intra-op threads (default: the cores this process may use).
+        max_pixels: refuse images with more pixels (decompression-bomb guard); ``None`` disables it.
+
+    Raises:
+        ModelFileError: the file is missing, not ONNX, or not a transferkit export.
+    """
+
+    max_batch = 16  # ORT keeps the largest batch's activations in its arena
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"no exported model at {self.path}; create one with `transferkit export MODEL --out {self.path}`")
+        self.session = open_session(self.path, threads=threads)
+        self.metadata = read_metadata(self.session, self.path)
+        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.geometry = Geometry(self.metadata["preprocessing"])
+        self.max_pixels = max_pixels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the graph takes, in pixels."""
+        return self.geometry.image_size
+
+    def preprocess(self, source) -> np.ndarray:
+        """Decode and resize/crop one input (path, bytes, file object or PIL image): ``[H, W, 3]`` uint8.
+
+        Raises:
+            ImageInputError: the input is not a usable image (the message says why).
+        """
+        return load_pixels(source, self.geometry, max_pixels=self.max_pixels)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (float32) for preprocessed ``[N, H, W, 3]`` uint8 pixels."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ImageInputError(f"pixels must be [N, {self.image_size}, {self.image_size}, 3] uint8, got {list(pixels.shape)}")
+        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + self.max_batch]})[0]
+                  for i in range(0, len(pixels), self.max_batch)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)), np.float32)
+
+    def top(self, probs: np.ndarray, top_k: int = 3) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` (class, probability) pairs of each row of ``probs``."""
+        k = max(1, min(int(top_k), len(self.class_names)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+    def predict(self, inputs, top_k: int = 3) -> list[Prediction]:
+        """Top-k predictions for images: paths, bytes, file objects or PIL images (one or a list).
+
+        An input that cannot be read gets an ``error`` and the others are still classified.
+        """
+        items = _as_list(inputs)
+        results = [Prediction(_name(x, i)) for i, x in enumerate(items)]
+        good: list[int] = []
+        batch: list[np.ndarray] = []
+        for i, x in enumerate(items):
+            try:
+                batch.append(self.preprocess(x))
+                good.append(i)
+            except ImageInputError as exc:
+                results[i].error = str(exc)
+        if good:
+            for i, top in zip(good, self.top(self.run(np.stack(batch)), top_k)):
+                results[i].top = top
+        return results
+
+
+def _as_list(inputs) -> list:
+    if isinstance(inputs, (str, Path, bytes, bytearray)) or hasattr(inputs, "read") or hasattr(inputs, "getpixel"):
+        return [inputs]
+    return list(inputs)
+
+
+def _name(x, i: int) -> str:
+    if isinstance(x, (str, Path)):
+        return str(x)
+    return str(getattr(x, "name", "") or getattr(x, "filename", "") or f"<image {i}>")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def expand_paths(paths: Iterable[str | Path], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files as given; folders expanded to the image files inside them (sorted, recursive).
+
+    Raises:
+        ImageInputError: a path does not exist, or a folder holds no image file.
+    """
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
+            if not inside:
+                raise ImageInputError(f"{p} holds no image files (looked for {', '.join(suffixes)})")
+            found.extend(inside)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise ImageInputError(f"{p} does not exist; pass image files or folders")
+    return found
