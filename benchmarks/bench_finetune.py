@@ -138,9 +138,10 @@ def part_accuracy(train, test, args) -> dict:
                          lr=args.lr, layer_decay=0.7, weight_decay=0.05, label_smoothing=args.label_smoothing, augment=args.augment,
                          batch_size=32, patience=None, seed=0, checkpoint_dir=args.cache_dir, probe_c=args.probe_c)
     t0 = time.perf_counter()
-    model, history = finetune(train, cfg, val=test)
+    model_fit = finetune(train, cfg, val=test)
+    model, history = model_fit.model, model_fit.history
     total = time.perf_counter() - t0
-    timings = model.fit_info["timings"]
+    timings = model_fit.timings
     probe = history[0]["val_acc"]
     elapsed = timings["prepare_s"]
     reached = None

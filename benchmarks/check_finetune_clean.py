@@ -150,8 +150,9 @@ def run_grid(fit, val, backbone, work_dir: Path, clock: Clock) -> list[dict]:
     runs = []
     for i, settings in enumerate(GRID):
         cfg = FinetuneConfig(**FIXED, **settings, checkpoint_dir=str(work_dir))
-        model, history = clock.run(f"finetune_{i}", finetune, fit, cfg, backbone=backbone, val=val)
-        best = model.fit_info["best_epoch"]
+        model_fit = clock.run(f"finetune_{i}", finetune, fit, cfg, backbone=backbone, val=val)
+        model, history = model_fit.model, model_fit.history
+        best = model_fit.best_epoch
         kept = next(r for r in history if r["epoch"] == best)
         runs.append({"index": i, "settings": settings, "best_epoch": best, "val_acc": kept["val_acc"], "val_loss": kept["val_loss"],
                      "probe_init_val_acc": history[0]["val_acc"], "probe_init_val_loss": history[0]["val_loss"],
@@ -186,7 +187,8 @@ def run_grid2(fit, val, backbone, clock: Clock) -> list[dict]:
     runs = []
     for i, settings in enumerate(GRID2):
         cfg = FinetuneConfig(**FIXED2, **settings)
-        model, history = clock.run(f"finetune2_{i}", finetune, fit, cfg, backbone=backbone)
+        model_fit = clock.run(f"finetune2_{i}", finetune, fit, cfg, backbone=backbone)
+        model, history = model_fit.model, model_fit.history
         v = test_once(model, val)  # the validation part, not the test half
         runs.append({"index": i, "settings": settings, "val_acc": v["test_acc"], "val_loss": v["test_log_loss"],
                      "history": history, "model": model})
@@ -206,7 +208,8 @@ def main2(args, clock: Clock) -> dict:
     chosen = select(runs)
     print(f"selected on validation: run {chosen['index']} {chosen['settings']}", flush=True)
     cfg = FinetuneConfig(**FIXED2, **chosen["settings"])
-    refit, refit_history = clock.run("refit_training_half", finetune, train_half, cfg, backbone=backbone)
+    refit_fit = clock.run("refit_training_half", finetune, train_half, cfg, backbone=backbone)
+    refit, refit_history = refit_fit.model, refit_fit.history
 
     # The test half is touched from here on, once per model.
     ft_refit, refit_correct = clock.run("test_refit", test_once, refit, test, True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import signal
@@ -50,7 +52,8 @@ def test_stage1_leaves_backbone_and_batchnorm_stats_untouched(tiny_image_folder,
     before = _state(tiny_backbone.net)
     # freeze_bn_stats=False: stage 1 must still keep the frozen backbone's BatchNorm in eval mode.
     cfg = FinetuneConfig(epochs=2, head_epochs=2, batch_size=4, augment="standard", freeze_bn_stats=False, head_init="random", lr=1e-2)
-    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model_fit = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model, history = model_fit.model, model_fit.history
     after = model.backbone.net.state_dict()
     assert set(after) == set(before)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -65,7 +68,8 @@ def test_stage2_trains_only_the_top_groups(tiny_image_folder, tiny_backbone):
     groups = [g.name for g in layer_groups(tiny_backbone.net)]
     before = _state(tiny_backbone.net)
     cfg = FinetuneConfig(epochs=2, head_epochs=1, unfreeze=2, batch_size=6, augment="light", lr=1e-2, freeze_bn_stats=True)
-    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model_fit = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model, history = model_fit.model, model_fit.history
     after = model.backbone.net.state_dict()
     top = groups[-2:]  # blocks.4 and head_conv for test_efficientnet
     assert top == ["blocks.4", "head_conv"]
@@ -80,9 +84,10 @@ def test_stage2_trains_only_the_top_groups(tiny_image_folder, tiny_backbone):
 def test_cached_strategy_trains_top_blocks_on_cached_activations(tiny_image_folder, tiny_backbone):
     cfg = FinetuneConfig(strategy="cached", unfreeze=2, cached_views=3, epochs=3, head_epochs=1, batch_size=4, lr=5e-3)
     ims = _imageset(tiny_image_folder, val_every=3)
-    model, history = finetune(ims, cfg, backbone=tiny_backbone)
+    model_fit = finetune(ims, cfg, backbone=tiny_backbone)
+    model, history = model_fit.model, model_fit.history
     assert [r["stage"] for r in history] == [0, 1, 2, 2] and all("val_acc" in r for r in history)  # epoch 0 = the probe
-    assert model.fit_info["strategy"] == "cached"
+    assert model_fit.strategy == "cached"
     # The returned model runs on pixels and agrees with the val accuracy the loop measured
     # (the cached path is the same computation as the full model).
     from transferkit.finetune.loop import _load_eval_pixels
@@ -196,7 +201,8 @@ class _Crash(RuntimeError):
 
 def test_resume_after_crash_ends_where_an_uninterrupted_run_ends(tiny_image_folder, tiny_backbone, tmp_path):
     ims = _imageset(tiny_image_folder, val_every=4)  # 13 train images -> 4 steps per epoch
-    reference, ref_hist = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+    reference_fit = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+    reference, ref_hist = reference_fit.model, reference_fit.history
 
     def crash(info):
         if info.global_step == 7:  # mid-epoch 2 (4 steps per epoch), one step after the step-6 checkpoint
@@ -204,7 +210,8 @@ def test_resume_after_crash_ends_where_an_uninterrupted_run_ends(tiny_image_fold
 
     with pytest.raises(_Crash):
         finetune(ims, _resume_config(tmp_path / "run"), backbone=tiny_backbone, on_step=crash)
-    resumed, hist = finetune(ims, _resume_config(tmp_path / "run", resume=True), backbone=tiny_backbone)
+    resumed_fit = finetune(ims, _resume_config(tmp_path / "run", resume=True), backbone=tiny_backbone)
+    resumed, hist = resumed_fit.model, resumed_fit.history
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
     assert [r.get("train_loss") for r in hist] == [r.get("train_loss") for r in ref_hist]
@@ -218,8 +225,9 @@ def test_the_probe_comes_back_when_no_epoch_beats_it_on_validation(tiny_image_fo
     # A learning rate this large wrecks the network in one step: validation must keep the probe.
     cfg = FinetuneConfig(epochs=2, head_epochs=0, unfreeze="all", batch_size=4, lr=50.0, grad_clip=None, warmup_frac=0.0,
                          schedule="constant", augment="none", patience=None, seed=0)
-    model, hist = finetune(ims, cfg, backbone=tiny_backbone)
-    assert model.fit_info["best_epoch"] == 0
+    model_fit = finetune(ims, cfg, backbone=tiny_backbone)
+    model, hist = model_fit.model, model_fit.history
+    assert model_fit.best_epoch == 0
     assert all((r["val_acc"], -r["val_loss"]) < (hist[0]["val_acc"], -hist[0]["val_loss"]) for r in hist[1:])
     # the returned model is the starting point: the backbone's weights are the pretrained ones
     start = tiny_backbone.state_dict()
@@ -242,7 +250,8 @@ def test_resume_never_restores_a_best_checkpoint_left_by_another_run(tiny_image_
     assert (folder / "best.pt").is_file()
     # Run B (no validation, another seed) uses the same folder, crashes, and resumes.
     ims = _imageset(tiny_image_folder)
-    reference, _ = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+    reference_fit = finetune(ims, _resume_config(tmp_path / "ref"), backbone=tiny_backbone)
+    reference, _ = reference_fit.model, reference_fit.history
 
     def crash(info):
         if info.global_step == 7:
@@ -250,7 +259,8 @@ def test_resume_never_restores_a_best_checkpoint_left_by_another_run(tiny_image_
 
     with pytest.raises(_Crash):
         finetune(ims, _resume_config(folder), backbone=tiny_backbone, on_step=crash)
-    resumed, _ = finetune(ims, _resume_config(folder, resume=True), backbone=tiny_backbone)
+    resumed_fit = finetune(ims, _resume_config(folder, resume=True), backbone=tiny_backbone)
+    resumed, _ = resumed_fit.model, resumed_fit.history
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
 
@@ -266,9 +276,10 @@ def test_patience_stops_early_even_while_the_probe_stays_best(tiny_image_folder,
 
     monkeypatch.setattr(loop, "evaluate", scripted)
     cfg = FinetuneConfig(epochs=6, head_epochs=0, unfreeze=1, batch_size=8, augment="none", patience=2, seed=0)
-    model, hist = finetune(_imageset(tiny_image_folder, val_every=3), cfg, backbone=tiny_backbone)
+    model_fit = finetune(_imageset(tiny_image_folder, val_every=3), cfg, backbone=tiny_backbone)
+    model, hist = model_fit.model, model_fit.history
     assert [r["epoch"] for r in hist] == [0, 1, 2, 3]  # epoch 1 sets the fine-tuned best; 2 and 3 do not beat it
-    assert model.fit_info["best_epoch"] == 0
+    assert model_fit.best_epoch == 0
 
 
 _KILL_SCRIPT = """
@@ -305,8 +316,10 @@ def test_resume_after_kill_9_in_a_subprocess(tiny_image_folder, tiny_backbone, t
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")]  # no half-written files
     ims = _imageset(tiny_image_folder)
     kw = dict(epochs=2, head_epochs=1, batch_size=4, augment="strong", checkpoint_every=3, seed=1, lr=5e-3, patience=None)
-    resumed, _ = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path / "ck"), resume=True, **kw), backbone=tiny_backbone)
-    reference, _ = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+    resumed_fit = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path / "ck"), resume=True, **kw), backbone=tiny_backbone)
+    resumed, _ = resumed_fit.model, resumed_fit.history
+    reference_fit = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+    reference, _ = reference_fit.model, reference_fit.history
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)
 
@@ -342,7 +355,8 @@ def test_finetuned_model_round_trips_through_a_bundle(tiny_image_folder, tiny_ba
     from transferkit.classifier.bundle import load_bundle, save_bundle
 
     cfg = FinetuneConfig(epochs=1, head_epochs=0, batch_size=6, augment="light")
-    model, history = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model_fit = finetune(_imageset(tiny_image_folder), cfg, backbone=tiny_backbone)
+    model, history = model_fit.model, model_fit.history
     save_bundle(tmp_path / "b", model, metrics={"history": history}, config=cfg, include_backbone=True)
     loaded = load_bundle(tmp_path / "b")
     x = torch.rand(2, 3, 32, 32)
@@ -366,7 +380,7 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
 
     cfg = TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune",
                       out=str(tmp_path / "b"), val=0.2, test=0.2, batch_size=4, report=True,
-                      options={"epochs": 2, "head_epochs": 1, "augment": "light", "tta": "flip"})
+                      finetune=FinetuneConfig(epochs=2, head_epochs=1, augment="light"), tta="flip")
     result = train(cfg)
     assert result.metrics["mode"] == "finetune" and result.metrics["tta"] == "flip"
     assert [r["epoch"] for r in result.metrics["history"]] == [0, 1, 2]
@@ -375,9 +389,10 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
     loaded = load_bundle(tmp_path / "b")
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), result.model(x), atol=1e-5)
-    with pytest.raises(FinetuneError, match="unknown fine-tuning option"):
-        train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", mode="finetune", options={"epoch": 3}))
+        assert torch.allclose(loaded(x), result.model.network()(x), atol=1e-5)
+    with pytest.raises(FinetuneError, match="augment"):
+        train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", mode="finetune",
+                          finetune=FinetuneConfig(augment="bogus")))
     # 6 images per class: --mode auto picks the probe and says why.
     auto = train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="auto",
                              val=0.2, test=0.2, cache=False))
@@ -386,7 +401,7 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
 
 def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_folder, tiny_backbone, monkeypatch, tmp_path):
     import transferkit.finetune.loop as loop
-    from transferkit.pipeline.auto import auto_candidates, auto_finetune_config
+    from transferkit.pipeline.auto import auto_finetune_config, auto_lr_candidates
     from transferkit.pipeline.finetune import train_finetune
     from transferkit.pipeline.train import TrainConfig
 
@@ -394,11 +409,11 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
     real_cache = loop._cache_trunk
     monkeypatch.setattr(loop, "_cache_trunk", lambda *a, **k: calls.append(1) or real_cache(*a, **k))
     base = auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=2, batch_size=4)
-    assert [c["lr"] for c in auto_candidates(base)] == [3e-4, 2e-3] and auto_candidates(base, {"lr": 0.1}) == [{}]
+    assert auto_lr_candidates(base) == (3e-4, 2e-3) and auto_lr_candidates(dataclasses.replace(base, strategy="full")) == (base.lr,)
     # val=0: the training images lose 15 % to a held-out part that chooses between the candidates.
     cfg = TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune",
                       val=0.0, test=0.2, batch_size=4, cache=False, out=None)
-    result = train_finetune(cfg, backbone=tiny_backbone, finetune_config=base, candidates=[{"lr": 1e-3}, {"lr": 60.0}])
+    result = train_finetune(cfg, backbone=tiny_backbone, base=base, lrs=(1e-3, 60.0))
     table = result.metrics["finetune"]["candidates"]
     assert [row["lr"] for row in table] == [1e-3, 60.0] and sum(bool(row.get("chosen")) for row in table) == 1
     chosen = next(row for row in table if row.get("chosen"))
@@ -413,22 +428,23 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
     assert "held out" in result.metrics["finetune"]["chosen_on"]
     # With a checkpoint folder each candidate checkpoints in its own subfolder, trunk activations included.
     ckpt = tmp_path / "ckpt"
-    train_finetune(cfg, backbone=tiny_backbone, finetune_config=auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=1,
-                   batch_size=4, checkpoint_dir=str(ckpt)), candidates=[{"lr": 1e-3}, {"lr": 2e-3}])
+    train_finetune(cfg, backbone=tiny_backbone, base=auto_finetune_config("cpu", unfreeze=1, cached_views=2, epochs=1,
+                   batch_size=4, checkpoint_dir=str(ckpt)), lrs=(1e-3, 2e-3))
     for i in (0, 1):
         assert (ckpt / f"candidate-{i}" / "last.pt").is_file() and list((ckpt / f"candidate-{i}").glob("trunk-*.pt"))
     assert len(calls) == 2  # one more trunk pass for the new run, shared by its two candidates
 
 
 def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats_it(tmp_path):
-    from transferkit.pipeline.train import TrainConfig, train
+    from transferkit.pipeline.train import TrainConfig, finetune_recipe, train
 
     # Two classes drawn from the same colours (nothing to learn) and one candidate (the user fixed lr)
     # so large that its logits explode: validation keeps the probe's calmer guesses.
     root = _two_colour_folder(tmp_path / "data", per_class=40, same_colour=True)
     cfg = TrainConfig(data=str(root), backbone="test_efficientnet", weights="none", image_size=32, mode="auto", val=0.2, test=0.2,
                       batch_size=8, cache=False, out=str(tmp_path / "m"), report=False, device="cpu",
-                      options={"lr": 60.0, "epochs": 1, "schedule": "constant", "grad_clip": None, "warmup_frac": 0.0})
+                      finetune=finetune_recipe("auto", "cpu", lr=60.0, epochs=1, schedule="constant", grad_clip=None, warmup_frac=0.0),
+                      lr_candidates=(60.0,))
     result = train(cfg)
     assert result.metrics["auto"]["mode"] == "probe" and "no fine-tuned epoch beat the probe" in result.metrics["auto"]["reason"]
     assert result.metrics.get("mode") != "finetune" and result.metrics["head"]["type"] == "logistic"
@@ -438,7 +454,7 @@ def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats
     import json
 
     meta = json.loads((tmp_path / "m" / "bundle.json").read_text())  # written once, by the probe
-    assert meta["metrics"]["head"]["type"] == "logistic" and "finetune" not in meta["config"]
+    assert meta["metrics"]["head"]["type"] == "logistic" and "finetune" not in meta["metrics"] and meta["config"]["mode"] == "probe"
 
 
 def _two_colour_folder(root: Path, per_class: int, same_colour: bool = False) -> Path:
@@ -458,7 +474,8 @@ def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_f
     ims = _imageset(tiny_image_folder)
     kw = dict(strategy="cached", unfreeze=2, cached_views=2, epochs=2, head_epochs=1, batch_size=4, lr=5e-3, seed=3,
               checkpoint_every=3, patience=None)
-    reference, _ = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+    reference_fit = finetune(ims, FinetuneConfig(**kw), backbone=tiny_backbone)
+    reference, _ = reference_fit.model, reference_fit.history
 
     def crash(info):
         if info.global_step == 6:
@@ -469,7 +486,8 @@ def test_cached_strategy_resumes_exactly_and_reuses_the_trunk_cache(tiny_image_f
     caches = [p for p in tmp_path.glob("trunk-*.pt") if not p.name.startswith("trunk-val-")]
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
-    resumed, _ = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path), resume=True, **kw), backbone=tiny_backbone)
+    resumed_fit = finetune(ims, FinetuneConfig(checkpoint_dir=str(tmp_path), resume=True, **kw), backbone=tiny_backbone)
+    resumed, _ = resumed_fit.model, resumed_fit.history
     assert caches[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(ref_state[k], res_state[k]) for k in ref_state)

@@ -37,7 +37,8 @@ def one_step(folder: Path, out: Path, batch: int) -> None:
     def grab(info):
         grads.update({n: p.grad.detach().clone() for n, p in info.module.named_parameters() if p.grad is not None})
 
-    _, history = finetune(ims, cfg, backbone=create_backbone("test_efficientnet", weights="none", image_size=32), on_step=grab)
+    fit = finetune(ims, cfg, backbone=create_backbone("test_efficientnet", weights="none", image_size=32), on_step=grab)
+    _model, history = fit.model, fit.history
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_initialized() else 0

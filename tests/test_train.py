@@ -44,7 +44,7 @@ def test_train_probe_writes_bundle_and_report(tmp_path, tiny_set, tiny_backbone,
 
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        assert torch.equal(load_bundle(result.bundle_path)(x), result.model(x))
+        assert torch.equal(load_bundle(result.bundle_path)(x), result.model.network()(x))
 
 
 def test_warm_rerun_computes_no_features(tmp_path, tiny_set, tiny_backbone):

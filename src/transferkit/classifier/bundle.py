@@ -133,7 +133,7 @@ def build_head(config: dict[str, Any]) -> nn.Module:
 # Hashing and atomic writes.
 
 
-def _state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
+def state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors wants contiguous tensors that share no storage; channels_last or views would fail.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
@@ -174,7 +174,7 @@ def save_bundle(
         include_backbone = True
 
     def writer(module: nn.Module):
-        return lambda file: save_file(_state_for_saving(module), file)
+        return lambda file: save_file(state_for_saving(module), file)
 
     weights = {HEAD_FILE: writer(model.head)}
     if include_backbone:
@@ -234,7 +234,15 @@ def _load_checked(path: Path, name: str, files: dict[str, str]) -> dict[str, tor
         raise BundleError(f"bundle {path}: {name} cannot be read ({exc}); re-create it") from None
 
 
-def _rebuild_backbone(path: Path, spec: BackboneSpec, backbone_state: dict[str, torch.Tensor] | None):
+def rebuild_backbone(spec: BackboneSpec, backbone_state: dict[str, torch.Tensor] | None, where: str):
+    """The backbone a classifier was trained on: from ``backbone_state``, else from its weights source.
+
+    ``where`` names the classifier in error messages (e.g. ``"bundle m"``). The weights found must
+    hash to ``spec.weights_sha256``.
+
+    Raises:
+        BundleError: weights missing, unreadable, or not the ones the classifier was trained on.
+    """
     from transferkit.backbones import create_backbone
     from transferkit.backbones.model import PixelModel
     from transferkit.backbones.weights import load_into
@@ -243,7 +251,7 @@ def _rebuild_backbone(path: Path, spec: BackboneSpec, backbone_state: dict[str, 
         # Architecture only; the bundle's own weights are loaded strictly on top.
         fresh = create_backbone(spec.name, weights="none", num_classes=spec.num_classes, image_size=spec.image_size)
         try:
-            load_into(fresh.net, backbone_state, f"bundle {path}")
+            load_into(fresh.net, backbone_state, where)
         except TransferkitError as exc:
             raise BundleError(str(exc)) from None
         return PixelModel(fresh.net, spec).eval()
@@ -251,20 +259,20 @@ def _rebuild_backbone(path: Path, spec: BackboneSpec, backbone_state: dict[str, 
         weights: str = spec.weights_location
         if not Path(weights).is_file():
             raise BundleError(
-                f"bundle {path} needs the backbone weights file {weights}, which is not there; "
+                f"{where} needs the backbone weights file {weights}, which is not there; "
                 "put it back or save the bundle with include_backbone=True"
             )
     elif spec.weights_source in ("package", "hub"):
         weights = spec.weights_source
     else:
-        raise BundleError(f"bundle {path} has no backbone weights and its spec says source {spec.weights_source!r}; re-create it")
+        raise BundleError(f"{where} has no backbone weights and its spec says source {spec.weights_source!r}; re-create it")
     try:
         rebuilt = create_backbone(spec.name, weights=weights, num_classes=spec.num_classes, image_size=spec.image_size)
     except TransferkitError as exc:
-        raise BundleError(f"bundle {path}: cannot rebuild backbone {spec.name}: {exc}") from None
+        raise BundleError(f"{where}: cannot rebuild backbone {spec.name}: {exc}") from None
     if spec.weights_sha256 and rebuilt.spec.weights_sha256 != spec.weights_sha256:
         raise BundleError(
-            f"refused bundle {path}: backbone weights found here ({rebuilt.spec.weights_location}) have sha256 "
+            f"refused {where}: backbone weights found here ({rebuilt.spec.weights_location}) have sha256 "
             f"{rebuilt.spec.weights_sha256[:12]}... but the bundle was trained on {spec.weights_sha256[:12]}...; "
             "install the same weights or save the bundle with include_backbone=True"
         )
@@ -301,7 +309,7 @@ def load_bundle(path: str | os.PathLike) -> ClassifierModel:
     out_features = [m.out_features for m in head.modules() if isinstance(m, nn.Linear)]
     if out_features and out_features[-1] != len(class_names):
         raise BundleError(f"bundle {path}: the head has {out_features[-1]} outputs but {len(class_names)} class names; re-create it")
-    backbone = _rebuild_backbone(path, spec, backbone_state)
+    backbone = rebuild_backbone(spec, backbone_state, f"bundle {path}")
     return ClassifierModel(backbone, head, class_names).eval()
 
 

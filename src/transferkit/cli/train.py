@@ -76,65 +76,73 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
-    from transferkit.pipeline.train import MODES, TrainConfig
+    from transferkit.pipeline.config import HEAD_KINDS, MODES, TTA_CHOICES, TrainConfig
+    from transferkit.pipeline.train import finetune_recipe
     from transferkit.pipeline.train import train as run_train
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(mode, MODES)
     output.check_format(engine, ("auto", "torch", "onnxruntime"))
-    if head not in ("logistic", "mlp"):  # importing the registry means importing scikit-learn: only when needed
-        from transferkit.heads import HEADS
-
-        output.check_format(head, tuple(HEADS))
+    output.check_format(head, HEAD_KINDS)
     output.check_format(class_weight, ("none", "balanced"))
+    output.check_format(tta, TTA_CHOICES)
+    given = {"epochs": epochs, "head_epochs": head_epochs, "strategy": strategy, "lr": lr, "augment": augment,
+             "unfreeze": int(unfreeze) if unfreeze and unfreeze.isdigit() else unfreeze,
+             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "resume": resume or None}
+    given = {k: v for k, v in given.items() if v is not None}
     config = TrainConfig(
         data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,
         val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight, C=c_value,
         format=data_format, cache=not no_cache, report=not no_report, device=device,
+        finetune=finetune_recipe(mode, device, **given) if mode != "probe" and given else None,
+        lr_candidates=(lr,) if lr is not None and mode != "probe" else None, tta=tta if mode != "probe" else "none",
     )
-    ft_options = {"epochs": epochs, "head_epochs": head_epochs, "strategy": strategy, "lr": lr, "augment": augment,
-                  "unfreeze": int(unfreeze) if unfreeze and unfreeze.isdigit() else unfreeze,
-                  "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "resume": resume or None}
-    if mode != "probe":
-        config.options.update({k: v for k, v in ft_options.items() if v is not None})
-        if tta != "none":
-            config.options["tta"] = tta
     with extraction_progress() as progress:
         result = run_train(config, progress=progress)
-    m = result.metrics
+    if result.unused:
+        output.warn(result.unused.summary())
     if fmt == "json":
         output.print_json({"bundle": str(result.bundle_path) if result.bundle_path else None,
-                           "report": str(result.report_path) if result.report_path else None, "metrics": m})
+                           "report": str(result.report_path) if result.report_path else None, "metrics": result.metrics})
         return
-    rows = [("images (train / val / test)", " / ".join(str(m["images"][s]) for s in ("train", "val", "test")))]
-    if "accuracy" in m:
-        rows += [(f"{m['split']} accuracy", f"{m['accuracy']:.4f}")]
-        rows += [(f"{m['split']} {k} accuracy", f"{v:.4f}") for k, v in m["top_k"].items() if k != "top1"]
-        rows += [(f"{m['split']} macro F1", f"{m['macro_f1']:.4f}"), (f"{m['split']} calibration error (ECE)", f"{m['ece']:.4f}")]
-    if "auto" in m:
-        rows.append(("--mode auto chose", f"{m['auto']['mode']}: {m['auto']['reason']}"))
-    if m.get("mode") == "finetune":
-        ft = m.get("finetune", {})
-        cfg = ft.get("config", {})
-        kept = ft.get("best_epoch")
-        rows.append(("fine-tuning", f"strategy {cfg.get('strategy')}, unfreeze {cfg.get('unfreeze')}, lr {cfg.get('lr'):g}, "
-                                    f"{cfg.get('epochs')} epochs"))
-        if kept is not None:
-            rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if kept == 0 else str(kept)))
-    for c in m.get("finetune", {}).get("candidates", []) or m.get("auto_finetune_candidates", []):
-        rows.append((f"fine-tune candidate lr {c.get('lr'):g}", f"val accuracy {c['val_acc']:.4f}, val loss {c['val_loss']:.4f}, "
-                                                                f"kept epoch {c['best_epoch']}{' <- chosen' if c.get('chosen') else ''}"))
-    if m.get("split_note"):
-        rows.append(("note", m["split_note"]))
-    if m.get("mode") != "finetune":
-        head_info = m.get("head", {})
-        rows.append(("head", f"{head_info.get('type')}" + (f" (C={head_info['C']:.4g}, chosen on validation data)" if "C" in head_info else "")))
-        f = m.get("features", {})
-        rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, "
-                                 f"{f.get('failed', 0)} unreadable"))
-    rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in m.get("timings", {}).items())))
-    output.print_table(f"trained {backbone} ({mode})", ("", ""), rows)
+    output.print_table(f"trained {backbone} ({mode})", ("", ""), _result_rows(result))
     if result.bundle_path:
         output.info(f"model bundle: {result.bundle_path}")
     if result.report_path:
         output.info(f"report: {result.report_path}")
+
+
+def _result_rows(result) -> list[tuple[str, str]]:
+    """The table ``train`` prints: images, held-out metrics, what was chosen, the head or fine-tune, time."""
+    m = result.evaluation.metrics if result.evaluation is not None else {}
+    rows = [("images (train / val / test)", " / ".join(str(result.images.get(s, 0)) for s in ("train", "val", "test")))]
+    if len(result.unused):
+        rows.append(("files not used", f"{len(result.unused)} ({', '.join(f'{n} {k}' for k, n in result.unused.by_reason().items())})"))
+    if m:
+        s = result.split
+        rows += [(f"{s} accuracy", f"{m['accuracy']:.4f}")]
+        rows += [(f"{s} {k} accuracy", f"{v:.4f}") for k, v in m["top_k"].items() if k != "top1"]
+        rows += [(f"{s} macro F1", f"{m['macro_f1']:.4f}"), (f"{s} calibration error (ECE)", f"{m['ece']:.4f}")]
+    if result.auto is not None:
+        rows.append(("--mode auto chose", f"{result.auto.mode}: {result.auto.reason}"))
+    ft = result.finetune
+    if ft is not None:
+        cfg = ft.config
+        rows.append(("fine-tuning", f"strategy {cfg.strategy}, unfreeze {cfg.unfreeze}, lr {cfg.lr:g}, {cfg.epochs} epochs"))
+        if ft.best_epoch is not None:
+            rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if ft.best_epoch == 0
+                         else str(ft.best_epoch)))
+    candidates = ft.candidates if ft is not None else (result.auto.tried if result.auto is not None else [])
+    for c in candidates:
+        rows.append((f"fine-tune candidate lr {c.lr:g}", f"val accuracy {c.val_acc:.4f}, val loss {c.val_loss:.4f}, "
+                                                         f"kept epoch {c.best_epoch}{' <- chosen' if c.chosen else ''}"))
+    if result.split_note:
+        rows.append(("note", result.split_note))
+    if ft is None and result.head is not None:
+        rows.append(("head", result.head.kind + (f" (C={result.head.C:.4g}, chosen on validation data)" if result.head.C is not None
+                                                 and result.config.C is None else f" (C={result.head.C:.4g})" if result.head.C is not None else "")))
+        f = result.features
+        rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, "
+                                 f"{f.get('failed', 0)} unreadable"))
+    rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())))
+    return rows

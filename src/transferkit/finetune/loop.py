@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -215,37 +214,24 @@ def _cache_trunk(run_model, groups, trunk, images: ImageSet, config: FinetuneCon
 @torch.no_grad()
 def _fit_probe_head(features: torch.Tensor, labels: np.ndarray, head: nn.Linear, num_classes: int, seed: int,
                     C: float | None = None) -> None:
-    """LP-FT: start the head from a logistic regression fitted on frozen features.
+    """LP-FT: start the head from the probe mode's logistic head fitted on frozen features.
 
-    ``C=None`` picks C by 5-fold cross-validated log loss (when every class has 5+ images).
+    ``C=None`` chooses C as the probe does (cross-validated log loss on the training images); with
+    too few images for that, C = 1.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from transferkit.heads import HeadError, LogisticHead
 
     X = features.float().numpy()
-    if C is None and np.bincount(labels).min() >= 5 and len(np.unique(labels)) > 1:
-        cv = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], cv=5, scoring="neg_log_loss", max_iter=2000,
-                                  random_state=seed)
-        with warnings.catch_warnings():
-            # scikit-learn 1.8 announces new defaults (l1_ratios, fitted attributes) that do not change
-            # an L2 fit or C_; the options that silence it do not exist in older releases.
-            warnings.simplefilter("ignore", FutureWarning)
-            cv.fit(X, labels)
-        C = float(np.ravel(cv.C_)[0])
-        log.info("probe head: C=%g chosen by 5-fold cross-validated log loss", C)
-    clf = LogisticRegression(C=1.0 if C is None else C, max_iter=2000, random_state=seed)
-    clf.fit(X, labels)
-    coef = np.zeros((num_classes, X.shape[1]), dtype=np.float32)
-    bias = np.zeros(num_classes, dtype=np.float32)
-    classes = clf.classes_.astype(int)
-    if coef.shape[0] == 2 and clf.coef_.shape[0] == 1:  # binary: one logit difference, split evenly
-        coef[1], coef[0] = clf.coef_[0] / 2, -clf.coef_[0] / 2
-        bias[1], bias[0] = clf.intercept_[0] / 2, -clf.intercept_[0] / 2
-    else:
-        coef[classes] = clf.coef_
-        bias[classes] = clf.intercept_
-        bias[np.setdiff1d(np.arange(num_classes), classes)] = -1e4  # classes absent from training
-    head.weight.copy_(torch.from_numpy(coef))
-    head.bias.copy_(torch.from_numpy(bias))
+    try:
+        probe = LogisticHead(C=C, random_state=seed).fit(X, labels)
+    except HeadError as exc:
+        if C is not None:
+            raise
+        log.info("probe head: %s; using C=1", exc)
+        probe = LogisticHead(C=1.0, random_state=seed).fit(X, labels)
+    fitted = probe.expand_module(num_classes)
+    head.weight.copy_(fitted.weight)
+    head.bias.copy_(fitted.bias)
 
 
 def _make_classifier(backbone, head, class_names):
@@ -520,6 +506,34 @@ def evaluate(run: _Run, batch_size: int = 64) -> dict[str, float]:
     return {"val_loss": float(totals[0]) / n, "val_acc": float(totals[1]) / n}
 
 
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced.
+
+    Attributes:
+        model: the fine-tuned :class:`~transferkit.classifier.bundle.ClassifierModel` (CPU, eval mode).
+        history: one dict per epoch (epoch 0 = the starting point when there is validation data).
+        best_epoch: the epoch whose weights ``model`` holds (``None`` without validation data: the last).
+        timings: seconds per preparation stage.
+        strategy: ``"full"`` or ``"cached"``.
+        device: where it trained.
+        world_size: processes under torchrun (1 otherwise).
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    timings: dict[str, float]
+    strategy: str
+    device: str
+    world_size: int = 1
+
+    @property
+    def kept_row(self) -> dict[str, Any] | None:
+        """The history row of the epoch that was kept (``None`` without validation data)."""
+        return next((r for r in self.history if r["epoch"] == self.best_epoch), None)
+
+
 def finetune(
     images: ImageSet,
     config: FinetuneConfig | None = None,
@@ -528,7 +542,7 @@ def finetune(
     weights: str = "auto",
     val: ImageSet | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
-) -> tuple[nn.Module, list[dict[str, Any]]]:
+) -> "FinetuneResult":
     """Fine-tune a pretrained backbone plus a new head on ``images`` (LP-FT with the training tricks).
 
     Stage 1 (``head_epochs``) trains only the head on the frozen backbone (BatchNorm statistics
@@ -548,12 +562,12 @@ def finetune(
         on_step: called after every optimisation step with a :class:`StepInfo`.
 
     Returns:
-        ``(model, history)``: a :class:`~transferkit.classifier.bundle.ClassifierModel` on the CPU in eval mode
-        (the best validation epoch's weights when there is validation data; with the default
-        ``head_init="probe"`` that can be epoch 0, the untouched backbone with the probe head, when no
-        fine-tuned epoch beats the probe on validation: ``model.fit_info["best_epoch"] == 0``), and
-        one dict per epoch (stage, lr, train/val loss and accuracy, seconds, images/s). Early
-        stopping's patience counts epochs without improvement over the best fine-tuned epoch.
+        A :class:`FinetuneResult`: the :class:`~transferkit.classifier.bundle.ClassifierModel` on the
+        CPU in eval mode (the best validation epoch's weights when there is validation data; with the
+        default ``head_init="probe"`` that can be epoch 0, the untouched backbone with the probe head,
+        when no fine-tuned epoch beats the probe on validation: ``result.best_epoch == 0``), and one
+        dict per epoch (stage, lr, train/val loss and accuracy, seconds, images/s). Early stopping's
+        patience counts epochs without improvement over the best fine-tuned epoch.
 
     Raises:
         FinetuneError: bad config, or a checkpoint that does not belong to this run.
@@ -683,6 +697,5 @@ def _finetune(train, val, config, backbone, weights, on_step):
         run.model.load_state_dict(best_state)
     model = run.model.to("cpu", memory_format=torch.contiguous_format).eval()
     set_trainable(model, True)
-    model.fit_info = {"best_epoch": state["best_epoch"], "timings": run.timings, "strategy": cfg.strategy,
-                      "device": str(run.device), "world_size": run.dist.world_size}
-    return model, state["history"]
+    return FinetuneResult(model=model, history=state["history"], best_epoch=state["best_epoch"], timings=run.timings,
+                          strategy=cfg.strategy, device=str(run.device), world_size=run.dist.world_size)

@@ -8,7 +8,9 @@ import logging
 import numpy as np
 
 from transferkit.finetune.config import FinetuneConfig
-from transferkit.pipeline.finetune import finetune_config_from, train_finetune, write_finetune_outputs
+from transferkit.pipeline.config import TrainConfig
+from transferkit.pipeline.finetune import train_finetune
+from transferkit.pipeline.result import AutoChoice, Candidate, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -73,51 +75,60 @@ def auto_finetune_config(device: str = "auto", **overrides) -> FinetuneConfig:
     return FinetuneConfig(**base)
 
 
-def auto_candidates(config: FinetuneConfig, user_options: dict | None = None) -> list[dict]:
-    """Settings ``--mode auto`` compares on validation: one dict of overrides per candidate.
-
-    Only the learning rate varies, and only on the CPU recipe (``strategy="cached"``) and when the
-    user did not fix ``lr`` themselves; otherwise the one given config is the only candidate.
-    """
-    if config.strategy != "cached" or "lr" in (user_options or {}):
-        return [{}]
-    return [{"lr": lr} for lr in AUTO_CPU_LRS]
+def auto_lr_candidates(config: FinetuneConfig) -> tuple[float, ...]:
+    """Learning rates ``--mode auto`` compares on validation: :data:`AUTO_CPU_LRS` on the CPU recipe
+    (``strategy="cached"``), else the config's own rate alone."""
+    return AUTO_CPU_LRS if config.strategy == "cached" else (config.lr,)
 
 
-
-def train_auto(config, **kwargs):
-    """``--mode auto``: probe or fine-tune by :func:`choose_mode` (data size, device)."""
-    from transferkit.pipeline.train import load_config_imageset, train_probe
-
-    imageset = load_config_imageset(config, kwargs.pop("imageset", None))
+def _class_counts_for_choice(config: TrainConfig, imageset) -> list[int]:
+    """Training images per class the split will leave (an official split: its training part, less validation)."""
     labels, train_share = imageset.labels, max(0.0, 1.0 - config.val - config.test)
-    if imageset.split is not None and "train" in imageset.split:  # an official split: its training part, less validation
+    if imageset.split is not None and "train" in imageset.split:
         labels = imageset.labels[np.asarray(imageset.split) == "train"]
         train_share = 1.0 if "val" in imageset.split else max(0.0, 1.0 - config.val)
     counts = np.bincount(labels, minlength=len(imageset.class_names))
-    mode, reason = choose_mode([int(c * train_share) for c in counts], device=config.device or "auto")
+    return [int(c * train_share) for c in counts]
+
+
+def _as_candidate(tuned: TrainResult) -> Candidate:
+    """The one fine-tune a run tried, as a row of the candidates table."""
+    ft = tuned.finetune
+    row = next((r for r in ft.history if r["epoch"] == ft.best_epoch), {})
+    return Candidate(lr=ft.config.lr, best_epoch=ft.best_epoch, val_acc=row.get("val_acc", float("nan")),
+                     val_loss=row.get("val_loss", float("nan")), seconds=round(tuned.timings.get("finetune", 0.0), 2))
+
+
+def train_auto(config: TrainConfig, *, imageset=None, **kwargs) -> TrainResult:
+    """``--mode auto``: probe or fine-tune by :func:`choose_mode`; the probe wins unless a fine-tuned epoch beats it on validation."""
+    from transferkit.pipeline.data import load_config_imageset
+    from transferkit.pipeline.outputs import write_outputs
+    from transferkit.pipeline.probe import _data_name, train_probe
+
+    imageset = load_config_imageset(config, imageset)
+    mode, reason = choose_mode(_class_counts_for_choice(config, imageset), device=config.device or "auto")
     log.info("--mode auto chose %s: %s", mode, reason)
-    ft_keys = {f.name for f in dataclasses.fields(FinetuneConfig)} | {"tta"}
-    probe_config = dataclasses.replace(config, mode="probe", options={k: v for k, v in (config.options or {}).items() if k not in ft_keys})
+    probe_config = dataclasses.replace(config, mode="probe")
     if mode == "probe":
         result = train_probe(probe_config, imageset=imageset, **kwargs)
-    else:
-        base = auto_finetune_config(config.device or "auto")
-        merged, _ = finetune_config_from(config, base)  # the user's options can change the strategy
-        candidates = auto_candidates(merged, config.options)
-        tuned = train_finetune(config, imageset=imageset, finetune_config=base, candidates=candidates, write_outputs=False, **kwargs)
-        if tuned.metrics["finetune"].get("best_epoch") != 0:
-            tuned.metrics["auto"] = {"mode": mode, "reason": reason}
-            return write_finetune_outputs(config, tuned)
-        # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
-        # on every training image (the fine-tune may have held some out to choose its setting).
-        mode, reason = "probe", (f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted "
-                                 "on all training images instead")
-        log.info("--mode auto: %s", reason)
-        result = train_probe(probe_config, imageset=imageset, **kwargs)
-        result.metrics["auto_finetune_candidates"] = [{k: v for k, v in c.items() if k != "chosen"}
-                                                      for c in tuned.metrics["finetune"].get("candidates", [])]
-        result.timings["auto_finetune_tried"] = tuned.timings.get("finetune", 0.0)
-        result.metrics.setdefault("timings", {})["auto_finetune_tried"] = round(result.timings["auto_finetune_tried"], 4)
-    result.metrics["auto"] = {"mode": mode, "reason": reason}
+        result.auto = AutoChoice(mode, reason)
+        return result
+    base = config.finetune or auto_finetune_config(config.device or "auto")
+    lrs = config.lr_candidates or auto_lr_candidates(base)
+    tuned = train_finetune(config, imageset=imageset, base=base, lrs=lrs, write=False, **kwargs)
+    if tuned.finetune.best_epoch != 0:
+        tuned.auto = AutoChoice(mode, reason)
+        return write_outputs(tuned, data_name=_data_name(config), kind="fine-tuned")
+    # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
+    # on every training image (the fine-tune may have held some out to choose its setting).
+    reason = f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted on all training images instead"
+    log.info("--mode auto: %s", reason)
+    result = train_probe(probe_config, imageset=imageset, **kwargs)
+    tried = [dataclasses.replace(c, chosen=False) for c in tuned.finetune.candidates] or [_as_candidate(tuned)]
+    result.auto = AutoChoice("probe", reason, tried=tried, tried_seconds=tuned.timings.get("finetune", 0.0))
+    result.timings["auto_finetune_tried"] = result.auto.tried_seconds
     return result
+
+
+__all__ = ["AUTO_CPU_LRS", "AUTO_MAX_CPU_IMAGES", "AUTO_MIN_PER_CLASS", "auto_finetune_config", "auto_lr_candidates",
+           "choose_mode", "train_auto"]

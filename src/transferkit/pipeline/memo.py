@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.classifier.trained import HeadWeights
+
 log = logging.getLogger(__name__)
 
 HEAD_CACHE_VERSION = 1
@@ -119,34 +121,29 @@ def _load_entry(cache_dir, key: str, folder_name: str = "heads") -> tuple[dict[s
         return None
 
 
-def save_head(cache_dir: str | os.PathLike, key: str, module, info: dict[str, Any]) -> Path | None:
-    """Store ``module`` (a head :func:`transferkit.classifier.bundle.head_config` can describe) and ``info``.
+def save_head(cache_dir: str | os.PathLike, key: str, head: HeadWeights, info: dict[str, Any]) -> Path | None:
+    """Store a fitted head's weights and ``info`` (e.g. the chosen ``C``).
 
     Best effort: a cache that cannot be written only costs the next run a refit.
     """
-    from transferkit.classifier.bundle import _state_for_saving, head_config
-
-    try:
-        arrays = {k: v.numpy() for k, v in _state_for_saving(module).items()}
-        cfg = head_config(module)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("head not cached (%s)", exc)
-        return None
-    return _save_entry(cache_dir, key, arrays, {"kind": "head", "head": cfg, "info": info})
+    return _save_entry(cache_dir, key, head.state, {"kind": "head", "head": head.config, "info": info})
 
 
-def load_head(cache_dir: str | os.PathLike, key: str) -> "CachedHead | None":
-    """The head cached under ``key``, or ``None`` when absent, unreadable or inconsistent."""
+def load_head(cache_dir: str | os.PathLike, key: str) -> tuple[HeadWeights, dict[str, Any]] | None:
+    """``(head, info)`` cached under ``key``, or ``None`` when absent, unreadable or inconsistent."""
     entry = _load_entry(cache_dir, key)
     if entry is None:
         return None
     arrays, meta = entry
-    cfg = meta.get("head")
-    linear = [layer for layer in (cfg or {}).get("layers", []) if isinstance(layer, dict) and layer.get("type") == "linear"]
-    if meta.get("kind") != "head" or not linear or not all(np.all(np.isfinite(a)) for a in arrays.values()):
+    head = HeadWeights(meta.get("head") or {}, arrays)
+    try:
+        consistent = meta.get("kind") == "head" and head.num_outputs > 0 and head.is_finite()
+    except Exception:  # noqa: BLE001 - a malformed entry is just a miss
+        consistent = False
+    if not consistent:
         log.warning("ignoring inconsistent head cache entry %s; fitting again", key[:16])
         return None
-    return CachedHead(cfg, arrays, dict(meta.get("info") or {}), int(linear[-1]["out_features"]))
+    return head, dict(meta.get("info") or {})
 
 
 def save_probs(cache_dir, key: str, probs: np.ndarray) -> None:
@@ -163,44 +160,6 @@ def load_probs(cache_dir, key: str, shape: tuple[int, int]) -> np.ndarray | None
     if probs is None or probs.shape != tuple(shape) or probs.dtype != np.float64 or not np.isfinite(probs).all():
         return None
     return probs
-
-
-class CachedHead:
-    """What a head-cache hit gives back instead of a freshly fitted head.
-
-    Holds the weights as numpy arrays (PyTorch is imported only if :attr:`module` is used).
-
-    Attributes:
-        config: the head's architecture (:func:`transferkit.classifier.bundle.head_config`).
-        state: the ``nn.Module``'s state dict as numpy arrays.
-        info: what the fitted head recorded (``C`` for the logistic head, also as ``C_``).
-        num_outputs: logits per row (one per class index).
-    """
-
-    def __init__(self, config: dict[str, Any], state: dict[str, np.ndarray], info: dict[str, Any], num_outputs: int) -> None:
-        self.config, self.state, self.info, self.num_outputs = config, state, dict(info), num_outputs
-        self._module = None
-        if "C" in self.info:
-            self.C_ = float(self.info["C"])
-
-    @property
-    def module(self):
-        """The head as an ``nn.Module`` (already expanded to every class), built on first use."""
-        if self._module is None:
-            import torch
-
-            from transferkit.classifier.bundle import build_head
-
-            module = build_head(self.config)
-            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.state.items()}, strict=True)
-            self._module = module.eval()
-        return self._module
-
-    def expand_module(self, num_outputs: int):
-        """The cached module (it was stored already expanded to every class)."""
-        if num_outputs != self.num_outputs:
-            raise ValueError(f"cached head has {self.num_outputs} outputs, not {num_outputs}")
-        return self.module
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,4 +249,4 @@ def remember_backbone(cache_dir, name: str, weights: str, image_size: int | None
         log.warning("could not write the backbone memo %s (%s)", path, exc)
 
 
-__all__ = ["CachedHead", "head_cache_key", "load_head", "load_probs", "lookup_backbone", "probs_cache_key", "remember_backbone", "save_head", "save_probs"]
+__all__ = ["head_cache_key", "load_head", "load_probs", "lookup_backbone", "probs_cache_key", "remember_backbone", "save_head", "save_probs"]

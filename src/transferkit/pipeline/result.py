@@ -1,0 +1,154 @@
+"""What a training run returns: :class:`TrainResult` and the typed pieces it is made of."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit.classifier.trained import TrainedModel
+from transferkit.data.unused import UnusedFiles
+from transferkit.finetune.config import FinetuneConfig
+from transferkit.pipeline.config import TrainConfig
+
+
+@dataclass
+class HeadSummary:
+    """The probe's head: its kind and, for the logistic head, the L2 strength it used."""
+
+    kind: str
+    C: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **({"C": self.C} if self.C is not None else {})}
+
+
+@dataclass
+class Candidate:
+    """One fine-tuning setting compared on validation data."""
+
+    lr: float
+    best_epoch: int | None
+    val_acc: float
+    val_loss: float
+    seconds: float
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not self.chosen:
+            d.pop("chosen")
+        return d
+
+
+@dataclass
+class FinetuneSummary:
+    """How a fine-tuned model was trained.
+
+    Attributes:
+        config: the settings of the run that was kept.
+        history: one row per epoch (epoch 0: the probe LP-FT starts from, when there is validation data).
+        best_epoch: the epoch whose weights were kept (0: the probe itself).
+        candidates: the settings compared on validation data (empty when there was one).
+        chosen_on: which images chose between them.
+    """
+
+    config: FinetuneConfig
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    strategy: str
+    device: str
+    world_size: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen_on: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"best_epoch": self.best_epoch, "timings": self.timings, "strategy": self.strategy, "device": self.device,
+             "world_size": self.world_size, "config": self.config.to_dict()}
+        if self.candidates:
+            d["candidates"] = [c.to_dict() for c in self.candidates]
+            d["chosen_on"] = self.chosen_on
+        return d
+
+
+@dataclass
+class AutoChoice:
+    """What ``mode="auto"`` chose and why; ``tried`` lists fine-tunes it ran and then set aside."""
+
+    mode: str
+    reason: str
+    tried: list[Candidate] = field(default_factory=list)
+    tried_seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    """A training run's outcome.
+
+    Attributes:
+        model: the trained classifier (:meth:`TrainedModel.network` gives the ``nn.Module``).
+        config: the settings it ran with.
+        evaluation: metrics on the held-out split (``None`` when there was none).
+        split: which split ``evaluation`` is on: ``"test"``, ``"val"`` or ``""``.
+        images: images per split that were used.
+        unused: files found but not used, with reasons.
+        head: the probe's head (``None`` for a fine-tuned model).
+        finetune: how the network was fine-tuned (``None`` for a probe).
+        auto: what ``mode="auto"`` chose and why (``None`` in the other modes).
+        features: feature-extraction counts (computed, cached, failed, engine, speed).
+        from_cache: what a warm rerun took from the caches (``"features"``, ``"head"``, ``"probabilities"``).
+        timings: seconds per stage.
+        bundle_path, report_path: what was written (``None`` when not).
+        split_note: a caveat about the held-out number.
+    """
+
+    model: TrainedModel
+    config: TrainConfig
+    evaluation: Any = None
+    split: str = ""
+    images: dict[str, int] = field(default_factory=dict)
+    unused: UnusedFiles = field(default_factory=UnusedFiles)
+    head: HeadSummary | None = None
+    finetune: FinetuneSummary | None = None
+    auto: AutoChoice | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+    from_cache: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    bundle_path: Path | None = None
+    report_path: Path | None = None
+    split_note: str = ""
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.evaluation is None else float(self.evaluation.metrics["accuracy"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The JSON record of the run (stored in bundle.json, printed by ``--format json``)."""
+        m: dict[str, Any] = dict(self.evaluation.metrics) if self.evaluation is not None else {}
+        if self.split:
+            m["split"] = self.split
+        if self.split_note:
+            m["split_note"] = self.split_note
+        m["images"] = dict(self.images)
+        m["unused_files"] = self.unused.to_dict()
+        if self.finetune is not None:
+            m.update(mode="finetune", tta=self.config.tta, history=self.finetune.history, finetune=self.finetune.to_dict())
+        else:
+            m["failed_images"] = int(self.features.get("failed", 0))
+            m["head"] = self.head.to_dict() if self.head else {}
+            m["features"] = self.features
+        if self.auto is not None:
+            m["auto"] = {"mode": self.auto.mode, "reason": self.auto.reason}
+            if self.auto.tried:
+                m["auto_finetune_candidates"] = [c.to_dict() for c in self.auto.tried]
+        m["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return m
+
+    def __repr__(self) -> str:
+        acc = f", {self.split} accuracy {self.accuracy:.4f}" if self.accuracy is not None else ""
+        return f"TrainResult({self.model!r}{acc}, {len(self.unused)} unused files)"
+
+
+__all__ = ["AutoChoice", "Candidate", "FinetuneSummary", "HeadSummary", "TrainResult"]
