@@ -272,3 +272,169 @@ def test_a_full_disk_under_the_verify_cache_warns_once(tmp_path, monkeypatch, ca
     assert all(c.ok for c in checks)
     msg = _assert_one_cache_warning(caplog, verify.default_cache_dir())
     assert "no space left on device" in msg
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing bundles: disk errors, the report inside the swap, the manifest
+
+
+def _write(path, spec, *, extras=None, classes=("a", "b", "c"), bias: float = 0.0, backbone=None):
+    """A bundle written the way a warm rerun writes it (numpy weights); loadable when given the backbone."""
+    from transferkit.classifier.bundle_files import BACKBONE_FILE, HEAD_FILE, save_numpy_weights, write_bundle_dir
+
+    d = spec.num_features
+    state = {"weight": np.zeros((len(classes), d), np.float32), "bias": np.full(len(classes), bias, np.float32)}
+    head_cfg = {"type": "sequential", "layers": [{"type": "linear", "in_features": d, "out_features": len(classes), "bias": True}]}
+    weights = {HEAD_FILE: save_numpy_weights(state)}
+    if backbone is not None:
+        weights[BACKBONE_FILE] = save_numpy_weights({k: v.detach().numpy().copy() for k, v in backbone.net.state_dict().items()})
+    return write_bundle_dir(path, spec=spec, head_cfg=head_cfg, weights=weights, class_names=list(classes),
+                            include_backbone=backbone is not None, extras=extras)
+
+
+def _write_report_files(folder: Path, names=("report.html", "metrics.json")) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text(f"{name} of this model")
+
+
+@pytest.fixture
+def spec(tiny_backbone):
+    return tiny_backbone.spec
+
+
+def test_a_full_disk_while_writing_the_weights_names_the_file_and_the_cause(tmp_path, monkeypatch, spec):
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    with pytest.raises(BundleError) as info:
+        _write(tmp_path / "m", spec)
+    msg = str(info.value)
+    assert f"no space left on device writing {tmp_path / 'm' / 'head.safetensors'}" in msg, msg
+    assert "SafetensorError" not in msg and "IoError" not in msg and "\n" not in msg
+    assert list(tmp_path.iterdir()) == []  # no temp folder left
+
+
+def test_a_full_disk_while_writing_bundle_json_names_the_file_and_the_cause(tmp_path, monkeypatch, spec):
+    import transferkit.classifier.bundle_files as bf
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bf.json, "dump", full)
+    with pytest.raises(BundleError, match=f"no space left on device writing {tmp_path / 'm' / 'bundle.json'}"):
+        _write(tmp_path / "m", spec)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_is_written_inside_the_bundle_before_the_swap(tmp_path, spec):
+    from transferkit.classifier.bundle import read_bundle_meta
+
+    out = tmp_path / "m"
+    _write(out, spec, extras=lambda d: _write_report_files(d / "report"))
+    seen_during_extras = {}
+
+    def extras(tmp_dir: Path) -> None:
+        seen_during_extras["old report still in place"] = (out / "report" / "report.html").read_text()
+        assert tmp_dir.parent == out.parent and tmp_dir != out
+        _write_report_files(tmp_dir / "report", ("report.html", "metrics.json", "confusion_matrix.png"))
+
+    written = _write(out, spec, extras=extras, bias=1.0)
+    assert written == out and written.extras_error is None
+    assert seen_during_extras["old report still in place"] == "report.html of this model"
+    assert sorted(p.name for p in (out / "report").iterdir()) == ["confusion_matrix.png", "metrics.json", "report.html"]
+    manifest = read_bundle_meta(out)["manifest"]
+    assert {"head.safetensors", "report/report.html", "report/metrics.json", "report/confusion_matrix.png"} <= set(manifest)
+    assert manifest["report/metrics.json"] == (out / "report" / "metrics.json").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_when_only_the_report_fails_the_bundle_is_kept_and_the_caller_told(tmp_path, caplog, spec, tiny_backbone):
+    from transferkit.classifier.bundle import load_bundle
+
+    def extras(tmp_dir: Path) -> None:
+        _write_report_files(tmp_dir / "report", ("metrics.json",))
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_dir / "report" / "report.html"))
+
+    with caplog.at_level(logging.WARNING):
+        written = _write(tmp_path / "m", spec, extras=extras, backbone=tiny_backbone)
+    assert written == tmp_path / "m"
+    assert "no space left on device" in written.extras_error
+    assert f"{tmp_path / 'm' / 'report' / 'report.html'}" in written.extras_error  # the final path, not the temp one
+    assert not (tmp_path / "m" / "report").exists()  # no half report
+    msgs = _warnings(caplog)
+    assert len(msgs) == 1 and "kept" in msgs[0] and "report" in msgs[0], msgs
+    load_bundle(tmp_path / "m")
+
+
+def test_a_user_file_inside_a_bundles_report_folder_is_never_deleted(tmp_path, spec):
+    out = tmp_path / "m"
+    _write(out, spec, extras=lambda d: _write_report_files(d / "report"))
+    mine = out / "report" / "my_analysis.txt"
+    mine.write_text("mine")
+    with pytest.raises(BundleError) as info:
+        _write(out, spec)
+    msg = str(info.value)
+    assert "report/my_analysis.txt" in msg and "\n" not in msg, msg
+    assert mine.read_text() == "mine"
+    nested = out / "report" / "deeper" / "notes.md"
+    mine.unlink()
+    nested.parent.mkdir()
+    nested.write_text("mine too")
+    with pytest.raises(BundleError, match="report/deeper/notes.md"):
+        _write(out, spec)
+    assert nested.read_text() == "mine too"
+
+
+def test_an_evaluation_written_later_is_replaced_but_a_user_file_beside_it_is_not(tmp_path, spec):
+    from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.evaluate.report import write_report
+
+    out = tmp_path / "m"
+    _write(out, spec)
+    ev = evaluate_probabilities(np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]), np.array([0, 2]), ["a", "b", "c"])
+    write_report(ev, out / "evaluation")
+    write_report(ev, out / "evaluation" / "again")  # `evaluate --out m/evaluation/again`
+    _write(out, spec)  # everything there was written by transferkit: replaced
+    assert not (out / "evaluation").exists()
+    write_report(ev, out / "evaluation")
+    (out / "evaluation" / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="evaluation/notes.txt"):
+        _write(out, spec)
+
+
+def _make_old_release_bundle(out: Path, spec, backbone=None) -> None:
+    """A bundle as the previous release wrote it: no manifest."""
+    _write(out, spec, backbone=backbone)
+    meta_file = out / "bundle.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["manifest"]
+    meta_file.write_text(json.dumps(meta))
+
+
+def test_a_bundle_of_the_previous_release_stays_loadable_and_replaceable(tmp_path, spec, tiny_backbone):
+    from transferkit.classifier.bundle import load_bundle
+
+    out = tmp_path / "m"
+    _make_old_release_bundle(out, spec, tiny_backbone)
+    _write_report_files(out / "report", ("report.html", "metrics.json", "confusion_matrix.png", "calibration.png", "curves.png"))
+    _write_report_files(out / "evaluation", ("report.html", "metrics.json", "mistakes_01.jpg"))
+    load_bundle(out)
+    _write(out, spec)
+    assert not (out / "report").exists() and "manifest" in json.loads((out / "bundle.json").read_text())
+
+
+@pytest.mark.parametrize("foreign", ["report/my_analysis.txt", "evaluation/sub/metrics.json", "my_notes.txt", "extra/x.bin"])
+def test_a_bundle_of_the_previous_release_with_user_files_is_refused(tmp_path, spec, foreign):
+    out = tmp_path / "m"
+    _make_old_release_bundle(out, spec)
+    _write_report_files(out / "report")
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("mine")
+    with pytest.raises(BundleError, match=foreign):
+        _write(out, spec)
+    assert (out / foreign).read_text() == "mine"

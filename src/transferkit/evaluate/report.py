@@ -148,9 +148,17 @@ pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
 """
 
 
+REPORT_FILES = ("metrics.json", "confusion_matrix.png", "calibration.png", "report.html")
+
+
 def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transferkit evaluation",
                  details: dict[str, Any] | None = None, gallery: int = 16, png_cache: str | os.PathLike | None = None) -> Path:
     """Write ``metrics.json``, ``confusion_matrix.png``, ``calibration.png`` and ``report.html``.
+
+    The folder also gets a manifest of these files
+    (:data:`~transferkit.classifier.bundle_files.FOLDER_MANIFEST`), written before them and
+    updated after, so a bundle holding this folder (``<bundle>/evaluation``) can later be replaced
+    without deleting anything that transferkit did not write.
 
     Args:
         evaluation: an :class:`~transferkit.evaluate.metrics.Evaluation`.
@@ -164,8 +172,11 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
         The path of ``report.html``.
     """
     from transferkit.classifier.bundle_files import json_safe as _json_safe
+    from transferkit.classifier.bundle_files import write_folder_manifest
 
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_folder_manifest(out, REPORT_FILES)  # first: a run killed half-way still leaves only files it names
     m = evaluation.metrics
     metrics_json = json.dumps(_json_safe({**m, "details": details or {}}), indent=2, sort_keys=True).encode()
     _atomic_write(out / "metrics.json", metrics_json)
@@ -211,6 +222,7 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     parts.append("</body></html>")
     path = out / "report.html"
     _atomic_write(path, "\n".join(parts).encode())
+    write_folder_manifest(out, REPORT_FILES)
     log.info("wrote report %s", path)
     return path
 
