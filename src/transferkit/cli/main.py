@@ -83,6 +83,11 @@ def _register() -> None:
 
     app.command("featuremaps")(featuremaps)
     app.command("dream")(dream)
+    from transferkit.cli.export import export
+    from transferkit.cli.serve import serve
+
+    app.command("export")(export)
+    app.command("serve")(serve)
 
 
 _register()
