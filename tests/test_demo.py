@@ -249,3 +249,46 @@ def test_robustness_step_matches_the_robustness_command(tiny_image_folder, tmp_p
     separate = json.loads(capsys.readouterr().out)
     assert separate["clean_accuracy"] == step["data"]["clean_accuracy"]
     assert [p["accuracy"] for p in separate["points"]] == [p["accuracy"] for p in step["data"]["points"]]
+
+
+def _skip_every_step(monkeypatch):
+    """Replace each step's work by an instant skip, so numbering can be checked without running anything."""
+    from transferkit.demo import run as run_module
+
+    for key in run_module.RUN_ORDER:
+        monkeypatch.setitem(run_module._STEPS, key, lambda ctx, step: setattr(step, "status", "skipped"))
+
+
+def test_steps_are_numbered_in_run_order_on_the_console_and_in_the_report(tiny_image_folder, tmp_path, monkeypatch):
+    from transferkit.demo.result import RUN_ORDER, STEP_TITLES
+
+    _skip_every_step(monkeypatch)
+    lines: list[str] = []
+    result = run_demo(_demo_config(tiny_image_folder, tmp_path / "d"), steps=("finetune", "featuremaps", "classify"), notify=lines.append)
+    progress = [line for line in lines if line.startswith("[")]
+    assert progress == [f"[1/3] {STEP_TITLES['classify']}", f"[2/3] {STEP_TITLES['featuremaps']}", f"[3/3] {STEP_TITLES['finetune']}"]
+    assert not any(title[0].isdigit() for title in STEP_TITLES.values())  # titles carry no fixed number
+    html = result.report_path.read_text()
+    headings = re.findall(r'<section id="step-(\w+)" data-status="[\w-]+"><h2>([^<]*)</h2>', html)
+    assert [key for key, _ in headings] == list(RUN_ORDER)
+    numbered = [(key, h) for key, h in headings if h[0].isdigit()]
+    assert numbered == [("classify", "1. " + STEP_TITLES["classify"]), ("featuremaps", "2. " + STEP_TITLES["featuremaps"]),
+                        ("finetune", "3. " + STEP_TITLES["finetune"])]
+    assert dict(headings)["transfer"] == STEP_TITLES["transfer"]  # not run: no number
+    timing = re.findall(r"<tr><td>(\d+)\. ", html)
+    assert timing == ["1", "2", "3"]
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert {k: s["number"] for k, s in summary["steps"].items()} == {"classify": 1, "featuremaps": 2, "finetune": 3}
+
+
+def test_console_summary_numbers_steps_as_they_ran(tmp_path, monkeypatch, capsys):
+    from transferkit.cli.main import main
+    from transferkit.demo.result import STEP_TITLES
+
+    _skip_every_step(monkeypatch)
+    assert main(["demo", "--steps", "attack,classify", "--out", str(tmp_path / "d"), "--backbone", "test_efficientnet", "--weights", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "[1/2] " + STEP_TITLES["classify"] in captured.err and "[2/2] " + STEP_TITLES["attack"] in captured.err
+    out = captured.out
+    assert "1. " + STEP_TITLES["classify"] in out and "2. " + STEP_TITLES["attack"] in out
+    assert out.index("1. " + STEP_TITLES["classify"]) < out.index("2. " + STEP_TITLES["attack"])

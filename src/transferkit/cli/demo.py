@@ -31,7 +31,7 @@ def demo(
 
     # scikit-learn's notices about its own future API say nothing a demo user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    from transferkit.demo.run import REPORT_ORDER, STEP_TITLES, DemoConfig, run_demo
+    from transferkit.demo.run import REPORT_ORDER, DemoConfig, run_demo
 
     output.check_format(fmt, ("table", "json"))
     if data is not None and dataset is not None:
@@ -68,7 +68,7 @@ def demo(
             step = result.steps.get(key)
             if step is None:
                 continue
-            rows.append((STEP_TITLES[key], step.status, f"{step.seconds:.1f}", _headline(key, step)))
+            rows.append((result.title(key), step.status, f"{step.seconds:.1f}", _headline(key, step)))
         output.print_table(f"transferkit demo: {result.seconds:.0f} s", ("step", "status", "seconds", "result"), rows)
         output.info(f"report: {result.report_path}")
     if not result.ok:

@@ -1,6 +1,7 @@
 """The demo's one self-contained HTML page: every image is embedded as a base64 data URI.
 
-Each step is a ``<section id="step-KEY" data-status="ok|skipped|failed">``; each embedded image
+Steps appear in the order they ran, numbered as the console numbered them (a step that did not
+run keeps its bare title). Each step is a ``<section id="step-KEY" data-status="ok|skipped|failed">``; each embedded image
 carries ``data-image="KEY/NAME"``, so a check (``benchmarks/check_demo_report.py``) can find every
 section and image in the page a browser rendered.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.core.atomic import atomic_write_text
-from transferkit.demo.result import REPORT_ORDER, STEP_TITLES, DemoResult, StepOutcome
+from transferkit.demo.result import REPORT_ORDER, DemoResult, StepOutcome
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
@@ -110,6 +111,7 @@ def _section_finetune(step: StepOutcome) -> str:
         for h in d.get("history", [])
     )
     return (
+        "<p class=\"note\">This step runs last, so that it can use whatever time the budget has left.</p>"
         f"<p>Fine-tuned accuracy <b data-metric=\"finetune-accuracy\">{_pct(d.get('accuracy'))}</b> against the probe's "
         f"{_pct(d.get('probe_accuracy'))} on the same held-out images. Settings: <code>{_e(json.dumps(d.get('options', {})))}</code>: "
         "the top layer groups train on stored activations of augmented views, the head starts from the probe (LP-FT), "
@@ -177,8 +179,7 @@ _SECTIONS = {
 }
 
 
-def _section(step: StepOutcome | None, key: str) -> str:
-    title = STEP_TITLES[key]
+def _section(step: StepOutcome | None, key: str, title: str) -> str:
     if step is None:
         return f'<section id="step-{key}" data-status="not-run"><h2>{_e(title)}</h2><p class="note">not run</p></section>'
     status = f'<span class="status {step.status}">{step.status}</span> <span class="note">{step.seconds:.1f} s</span>'
@@ -193,7 +194,7 @@ def render_demo_report(result: DemoResult) -> str:
     """The report as one HTML string (no external resources)."""
     cfg = result.config
     timing_rows = "".join(
-        f"<tr><td>{_e(STEP_TITLES[k])}</td><td>{_e(result.steps[k].status)}</td><td class=\"num\">{result.steps[k].seconds:.1f}</td><td class=\"num\">{result.steps[k].cpu_seconds:.1f}</td></tr>"
+        f"<tr><td>{_e(result.title(k))}</td><td>{_e(result.steps[k].status)}</td><td class=\"num\">{result.steps[k].seconds:.1f}</td><td class=\"num\">{result.steps[k].cpu_seconds:.1f}</td></tr>"
         for k in REPORT_ORDER if k in result.steps
     )
     ds = result.dataset
@@ -205,7 +206,7 @@ def render_demo_report(result: DemoResult) -> str:
         "robustness_images": cfg.robustness_images, "robustness_method": cfg.robustness_method,
         "robustness_steps": cfg.robustness_steps, "finetune_epochs": cfg.finetune_epochs, "time_budget_s": cfg.time_budget_s,
     }
-    sections = "".join(_section(result.steps.get(k), k) for k in REPORT_ORDER)
+    sections = "".join(_section(result.steps.get(k), k, result.title(k)) for k in REPORT_ORDER)
     m = result.machine
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>transferkit demo report</title><style>{_CSS}</style></head>

@@ -7,20 +7,29 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
+# Titles carry no number: a step's number is its place in the run (see ``step_numbers``).
 STEP_TITLES = {
-    "classify": "1. A pretrained network labels photos",
-    "transfer": "2. Transfer learning: frozen features + a linear head",
-    "finetune": "3. Fine-tuning",
-    "featuremaps": "4. Feature maps of a cat photo",
-    "dream": "5. Ideal class images, with and without total variation",
-    "attack": "6. An adversarial example",
-    "robustness": "7. Accuracy against attack strength (eps)",
+    "classify": "A pretrained network labels photos",
+    "transfer": "Transfer learning: frozen features + a linear head",
+    "featuremaps": "Feature maps of a cat photo",
+    "dream": "Ideal class images, with and without total variation",
+    "attack": "An adversarial example",
+    "robustness": "Accuracy against attack strength (eps)",
+    "finetune": "Fine-tuning",
 }
-# Run order: fine-tuning last, so it can use whatever time the budget has left.
+# Run order: fine-tuning last, so it can use whatever time the budget has left. The report and the
+# console list the steps in the same order, numbered the same way.
 RUN_ORDER = ("classify", "transfer", "featuremaps", "dream", "attack", "robustness", "finetune")
-REPORT_ORDER = tuple(STEP_TITLES)
+REPORT_ORDER = RUN_ORDER
+
+
+def step_numbers(keys: Iterable[str]) -> dict[str, int]:
+    """1-based number of each of ``keys`` (the steps of a run) in run order: what ``[n/N]`` prints."""
+    wanted = set(keys)
+    return {key: n for n, key in enumerate((k for k in RUN_ORDER if k in wanted), 1)}
 
 
 @dataclass
@@ -129,13 +138,21 @@ class DemoResult:
     def ok(self) -> bool:
         return all(s.status != "failed" for s in self.steps.values())
 
+    def title(self, key: str) -> str:
+        """"3. Feature maps of a cat photo": numbered by run order among the steps that ran; a step
+        that did not run keeps its bare title."""
+        number = step_numbers(self.steps).get(key)
+        title = STEP_TITLES.get(key, key)
+        return f"{number}. {title}" if number is not None else title
+
     def summary(self) -> dict[str, Any]:
         """JSON-able: config, dataset, per-step status / time / numbers (no images)."""
+        numbers = step_numbers(self.steps)
         return {
             "config": asdict(self.config),
             "dataset": self.dataset,
             "machine": self.machine,
             "seconds": round(self.seconds, 2),
-            "steps": {k: {"status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2), "message": s.message, "data": s.data,
+            "steps": {k: {"number": numbers[k], "status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2), "message": s.message, "data": s.data,
                           "command": s.command} for k, s in self.steps.items()},
         }

@@ -1,18 +1,20 @@
 """The whole lesson in one offline run: ``run_demo(DemoConfig()) -> DemoResult``.
 
 Seven steps, each a call into the library that the separate commands use (so the same seed gives
-the same numbers):
+the same numbers). They run in this order, and the console and the report number them the same
+way (among the steps asked for, with ``steps=``):
 
 1. ``classify``: the pretrained network labels a few photos (:func:`transferkit.classifier.imagenet.classify_images`).
 2. ``transfer``: frozen features + a logistic head on a dataset (:func:`transferkit.pipeline.train.train`,
    ``mode="probe"``, the same call as ``transferkit train``): accuracy, confusion matrix, mistakes.
-3. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), where time allows.
-4. ``featuremaps``: what the channels of early and late layers respond to in a cat photo.
-5. ``dream``: ideal "tabby cat" and "zebra" images, with and without the TV penalty
+3. ``featuremaps``: what the channels of early and late layers respond to in a cat photo.
+4. ``dream``: ideal "tabby cat" and "zebra" images, with and without the TV penalty
    (:func:`transferkit.explain.render.render_class_image`).
-6. ``attack``: a dog photo pushed into "tabby cat" (or a cat into a dog) by targeted PGD
+5. ``attack``: a dog photo pushed into "tabby cat" (or a cat into a dog) by targeted PGD
    (:func:`transferkit.attacks.attack`).
-7. ``robustness``: the transfer model's accuracy against eps (:func:`transferkit.attacks.robustness_curve`).
+6. ``robustness``: the transfer model's accuracy against eps (:func:`transferkit.attacks.robustness_curve`).
+7. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), last, so it can use
+   whatever time the budget has left.
 
 A step that cannot run (a missing optional package, no time left) is recorded as skipped with the
 reason, and a step that fails is recorded as failed with its error; the others still run and the
