@@ -23,32 +23,20 @@ def evaluate(
     """Evaluate a bundle: accuracy, top-k, per-class P/R/F1, confusion matrix, calibration, worst mistakes."""
     from transferkit.classifier.bundle import load_bundle, read_bundle_meta
     from transferkit.cli.train import extraction_progress
-    from transferkit.data import load_images, split_imageset
-    from transferkit.core.errors import DataError
+    from transferkit.data import load_images
     from transferkit.evaluate.metrics import evaluate_model
+    from transferkit.evaluate.selection import SPLIT_CHOICES, select_split
     from transferkit.evaluate.report import write_report
 
     output.check_format(fmt, ("table", "json"))
-    output.check_format(split, ("all", "train", "val", "test"))
+    output.check_format(split, SPLIT_CHOICES)
     output.check_format(engine, ("auto", "torch", "onnxruntime"))
+    output.check_format(tta, ("none", "flip", "flip-zoom"))
     meta = read_bundle_meta(model)
     clf = load_bundle(model)
-    images = load_images(data, format=data_format)
-    if split != "all":
-        cfg = meta.get("config") or {}
-        images = split_imageset(images, val=float(cfg.get("val", 0.15)), test=float(cfg.get("test", 0.15)), seed=int(cfg.get("seed", 0)))
-        images = images.where_split(split)
-        if len(images) == 0:
-            raise DataError(f"the {split} split of {data} is empty with the bundle's recorded fractions")
-    output.check_format(tta, ("none", "flip", "flip-zoom"))
-    if tta != "none":
-        # TTA needs pixels through the whole model (not cached features): transferkit.finetune does it.
-        from transferkit.evaluate.tta import evaluate_tta
-
-        ev = evaluate_tta(clf, images, tta=tta, batch_size=batch_size)
-    else:
-        with extraction_progress("evaluating") as progress:
-            ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress)
+    images = select_split(load_images(data, format=data_format), split, meta.get("config"))
+    with extraction_progress("evaluating") as progress:
+        ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress, tta=tta)
     out_dir = out if out is not None else Path(model) / "evaluation"
     report = write_report(ev, out_dir, title=f"{Path(model).name} on {Path(data).name} ({split})",
                           details={"model": str(model), "data": str(data), "split": split, "bundle_metrics": meta.get("metrics", {}).get("accuracy")})

@@ -69,6 +69,19 @@ class Evaluation:
     calibration: list[dict] = field(default_factory=list)
     confidently_wrong: list[dict] = field(default_factory=list)
 
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    def write_report(self, out_dir, *, title: str = "transferkit evaluation", details: dict[str, Any] | None = None):
+        """Write the HTML report, ``metrics.json`` and the plots into ``out_dir``; returns report.html's path."""
+        from transferkit.evaluate.report import write_report
+
+        return write_report(self, out_dir, title=title, details=details)
+
+    def __repr__(self) -> str:
+        return f"Evaluation(n={self.metrics.get('n')}, accuracy={self.metrics.get('accuracy', float('nan')):.4f}, classes={len(self.class_names)})"
+
 
 def evaluate_probabilities(
     probs: np.ndarray, y: np.ndarray, class_names: Sequence[str], *, paths: Sequence[str] | None = None,
@@ -181,15 +194,21 @@ def predict_images(
 
 def evaluate_model(
     model, imageset, *, engine: str = "auto", batch_size: int = 32, cache: bool = True,
-    progress: Callable[[int, int], None] | None = None, device: str | None = None,
+    progress: Callable[[int, int], None] | None = None, device: str | None = None, tta: str = "none",
 ) -> Evaluation:
     """Evaluate a ClassifierModel on an ImageSet whose class names the model knows.
 
     Labels are matched by class *name*, so a dataset with fewer classes or another order works.
+    ``tta`` other than ``"none"`` runs the whole network on several views of each image
+    (:mod:`transferkit.evaluate.tta`) instead of the feature engine.
 
     Raises:
         DataError: the data has classes the model does not know, or no readable image.
     """
+    if tta != "none":
+        from transferkit.evaluate.tta import evaluate_tta
+
+        return evaluate_tta(model, imageset, tta=tta, batch_size=batch_size)
     unknown = sorted(set(imageset.class_names) - set(model.class_names))
     if unknown:
         raise DataError(
