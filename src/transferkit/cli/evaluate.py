@@ -24,6 +24,7 @@ def evaluate(
     from transferkit.classifier.bundle import load_bundle, read_bundle_meta
     from transferkit.cli.train import extraction_progress
     from transferkit.data import load_images
+    from transferkit.data.unused import UnusedFiles
     from transferkit.evaluate.metrics import evaluate_model
     from transferkit.evaluate.selection import SPLIT_CHOICES, select_split
     from transferkit.evaluate.report import write_report
@@ -34,12 +35,18 @@ def evaluate(
     output.check_format(tta, ("none", "flip", "flip-zoom"))
     meta = read_bundle_meta(model)
     clf = load_bundle(model)
-    images = select_split(load_images(data, format=data_format), split, meta.get("config"))
+    loaded = load_images(data, format=data_format)
+    images = select_split(loaded, split, meta.get("config"))
     with extraction_progress("evaluating") as progress:
         ev = evaluate_model(clf, images, engine=engine, batch_size=batch_size, progress=progress, tta=tta)
+    unused = UnusedFiles.collect(loaded.report, ev.metrics.get("failed_images"))
+    ev.metrics["unused_files"] = unused.to_dict()
     out_dir = out if out is not None else Path(model) / "evaluation"
     report = write_report(ev, out_dir, title=f"{Path(model).name} on {Path(data).name} ({split})",
-                          details={"model": str(model), "data": str(data), "split": split, "bundle_metrics": meta.get("metrics", {}).get("accuracy")})
+                          details={"model": str(model), "data": str(data), "split": split, "bundle_metrics": meta.get("metrics", {}).get("accuracy"),
+                                   "unused_files": unused.to_dict()})
+    if unused:
+        output.warn(unused.summary())
     m = ev.metrics
     if fmt == "json":
         output.print_json({"report": str(report), "metrics": m})
@@ -50,6 +57,4 @@ def evaluate(
     output.print_table(f"{Path(model).name} on {Path(data).name}", ("", ""), rows)
     per = [(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]) for c, v in m["per_class"].items()]
     output.print_table("per class", ("class", "precision", "recall", "F1", "support"), per)
-    if m.get("failed_images"):
-        output.warn(f"{len(m['failed_images'])} images could not be read (listed in metrics.json)")
     output.info(f"report: {report} (metrics.json, confusion_matrix.png, calibration.png alongside)")

@@ -1,0 +1,136 @@
+"""Predicting many files: in chunks (bounded memory), streamed to CSV or JSONL, resumable after a kill."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from transferkit.core.errors import TransferkitError
+from transferkit.evaluate.metrics import Prediction, predict_images
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2048
+STREAM_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+CSV_HEADER = ["path", "rank", "label", "probability", "error"]
+
+
+def iter_predictions(model, paths: Sequence[str | Path], *, top_k: int = 5, chunk: int = CHUNK,
+                     progress: Callable[[int, int], None] | None = None, **options) -> Iterator[Prediction]:
+    """:func:`~transferkit.evaluate.metrics.predict_images` over ``chunk`` files at a time, in order.
+
+    Memory stays bounded by the chunk, whatever the number of files; ``options`` go to ``predict_images``.
+    """
+    total = len(paths)
+    for start in range(0, total, chunk):
+        part = list(paths[start : start + chunk])
+        done_before = start
+
+        def chunk_progress(done: int, _total: int, base=done_before) -> None:
+            if progress is not None:
+                progress(base + done, total)
+
+        yield from predict_images(model, part, top_k=top_k, progress=chunk_progress, **options)
+
+
+def csv_rows(p: Prediction) -> list[list]:
+    if not p.ok:
+        return [[p.path, "", "", "", p.error]]
+    return [[p.path, rank, label, f"{prob:.6f}", ""] for rank, (label, prob) in enumerate(p.top, 1)]
+
+
+def _done_paths(path: Path, fmt: str) -> set[str]:
+    """Paths already written to ``path``; a line cut off by a kill is removed first."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    text = data.decode("utf-8", errors="replace")
+    if fmt == "jsonl":
+        done = set()
+        for line in text.splitlines():
+            try:
+                done.add(json.loads(line)["path"])
+            except (ValueError, KeyError, TypeError):
+                raise TransferkitError(f"{path} has a line that is not a prediction; write to a new --out file") from None
+        return done
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and rows[0] != CSV_HEADER:
+        raise TransferkitError(f"{path} is not a transferkit predictions CSV; write to a new --out file")
+    return {r[0] for r in rows[1:] if r}
+
+
+class PredictionWriter:
+    """Appends predictions to a ``.csv`` or ``.jsonl`` file as they come, flushed and synced per chunk.
+
+    With ``resume=True`` an existing file is continued: the paths it holds are reported by
+    :attr:`done` (skip them) and a last line cut off by a kill is dropped.
+
+    Raises:
+        TransferkitError: unknown suffix, or an existing file without ``resume`` / not written by transferkit.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.format = STREAM_FORMATS.get(self.path.suffix.lower())
+        if self.format is None:
+            raise TransferkitError(f"--out {self.path}: use a .csv or .jsonl file name")
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and not resume:
+            raise TransferkitError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
+        self.done = _done_paths(self.path, self.format) if exists else set()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        if not exists and self.format == "csv":
+            csv.writer(self._file).writerow(CSV_HEADER)
+        self.written = 0
+
+    def write(self, predictions: Iterable[Prediction]) -> None:
+        for p in predictions:
+            if self.format == "jsonl":
+                self._file.write(json.dumps(p.to_dict()) + "\n")
+            else:
+                csv.writer(self._file).writerows(csv_rows(p))
+            self.written += 1
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        self._file.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def predict_to_file(model, paths: Sequence[str | Path], out: str | os.PathLike, *, resume: bool = False, top_k: int = 5,
+                    chunk: int = CHUNK, progress: Callable[[int, int], None] | None = None, **options) -> dict[str, int | dict]:
+    """Predict ``paths`` into ``out`` (CSV or JSONL) chunk by chunk; returns counts and the unreadable files."""
+    with PredictionWriter(out, resume=resume) as writer:
+        todo = [p for p in paths if str(p) not in writer.done]
+        if writer.done:
+            log.info("%s: %d of %d files already predicted; continuing with %d", out, len(paths) - len(todo), len(paths), len(todo))
+        failed: dict[str, str] = {}
+        for start in range(0, len(todo), chunk):
+            part = list(iter_predictions(model, todo[start : start + chunk], top_k=top_k, chunk=chunk, **options))
+            writer.write(part)
+            writer.sync()
+            failed.update({p.path: p.error for p in part if not p.ok})
+            if progress is not None:
+                progress(start + len(part), len(todo))
+    return {"total": len(paths), "skipped_done": len(paths) - len(todo), "written": writer.written, "failed": failed}
+
+
+__all__ = ["CSV_HEADER", "PredictionWriter", "csv_rows", "iter_predictions", "predict_to_file"]
