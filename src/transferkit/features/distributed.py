@@ -255,15 +255,12 @@ def extract_features_distributed(
     paths: Sequence[str | Path],
     backbone,
     *,
-    engine="auto",
-    batch_size: int = 32,
     cache: FeatureCache | bool | None = True,
-    workers: int = 2,
     progress: ProgressCallback | None = None,
     device: str | None = None,
-    decode_options: dict | None = None,
     everywhere: bool = False,
     chunk_rows: int = _CHUNK_ROWS,
+    **extract_options,
 ) -> Features | None:
     """:func:`~transferkit.features.extract.extract_features`, each rank of a torchrun job doing a shard.
 
@@ -272,9 +269,11 @@ def extract_features_distributed(
     and how the features come together.
 
     Args:
-        paths, backbone, engine, batch_size, cache, workers, device, decode_options: as for
-            ``extract_features``. ``device=None`` puts each rank on its own GPU (``LOCAL_RANK``)
-            when CUDA is available; on the CPU the machine's cores are shared among its ranks.
+        paths, backbone, cache, device: as for ``extract_features``. ``device=None`` puts each
+            rank on its own GPU (``LOCAL_RANK``) when CUDA is available; on the CPU the machine's
+            cores are shared among its ranks.
+        extract_options: the other ``extract_features`` arguments (``engine``, ``batch_size``,
+            ``workers``, ``decode_options``, ...), the same on every rank.
         progress: called on rank 0 only; counts before the end are estimated from rank 0's shard.
         everywhere: return the features on every rank (costs ``N x D`` floats per rank), not only on rank 0.
         chunk_rows: rows per rank and round when rows travel over torch.distributed.
@@ -284,12 +283,12 @@ def extract_features_distributed(
         ``None`` on the other ranks.
 
     Raises:
-        DistributedError: the ranks have different image lists or different backbone weights.
+        DistributedError: the ranks have different image lists, backbone weights, or computed
+            features of different kinds (another engine precision).
     """
     w = world(init=True, device=device)
     if not w.enabled:
-        return extract_features(paths, backbone, engine=engine, batch_size=batch_size, cache=cache, workers=workers,
-                                progress=progress, device=device, decode_options=decode_options)
+        return extract_features(paths, backbone, cache=cache, progress=progress, device=device, **extract_options)
     import torch.distributed as dist
 
     t0 = time.perf_counter()
@@ -297,13 +296,15 @@ def extract_features_distributed(
     paths = [Path(p) for p in paths]
     n = len(paths)
     store = FeatureCache() if cache is True else (cache or None)
-    key = model_cache_key(backbone)
+    weights_key = model_cache_key(backbone)  # the same on every rank or the shards would not fit together
+    engine = extract_options.get("engine", "auto")
+    decode_options = extract_options.get("decode_options")
 
     # 1. Content keys: each rank hashes every W-th file; everyone learns all of them.
     mine_to_hash = list(range(w.rank, n, w.world_size))
     here = {
         "n": n,
-        "model_key": key,
+        "model_key": weights_key,
         "hashes": _hash_files([paths[i] for i in mine_to_hash], store),
         "where": (socket.gethostname(), str(store.directory.resolve()) if store is not None else None),
         "cores": (socket.gethostname(), tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()),
@@ -335,8 +336,9 @@ def extract_features_distributed(
             progress(min(n, round(done * n / total)) if total else 0, n)
 
     with _cpu_share(w, affinities_differ, on_gpu):
-        sub = extract_features([paths[i] for i in mine], backbone, engine=engine, batch_size=batch_size, cache=store,
-                               workers=workers, progress=shard_progress, device=run_device, decode_options=decode_options)
+        sub = extract_features([paths[i] for i in mine], backbone, cache=store, progress=shard_progress, device=run_device,
+                               **extract_options)
+    key = sub.model_key  # what the features were cached under (it includes the engine's precision)
 
     # 3. Which of this rank's rows must travel: all of them, unless rank 0 can read them from the cache.
     ok_local = np.flatnonzero(sub.ok)
@@ -348,9 +350,12 @@ def extract_features_distributed(
         uncached = np.array([j for j in ok_local if hashes[mine[j]] not in present], dtype=np.int64)
         del present
     meta = {"indices": mine, "ok": sub.ok, "uncached": mine[uncached], "errors": sub.errors, "stats": sub.stats,
-            "usable": usable}
+            "usable": usable, "key": key}
     metas: list = [None] * w.world_size
     dist.all_gather_object(metas, meta, group=group)
+    if len({m["key"] for m in metas}) > 1:
+        raise DistributedError("the ranks computed features of different kinds (engine precisions differ); "
+                               "pass an explicit engine and precision")
     shared = shared and all(m["usable"] for m in metas)
     send = uncached if shared else ok_local
     counts = [len(m["uncached"]) if shared else int(m["ok"].sum()) for m in metas]
