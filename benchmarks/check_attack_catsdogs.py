@@ -1,4 +1,4 @@
-"""Check issue 7's claims on real photos (../shared/data/catsdogs), CPU, EfficientNet-Lite0.
+"""Check the attack claims on real photos (../shared/data/catsdogs), CPU, EfficientNet-Lite0.
 
 1. A cats-vs-dogs bundle: a logistic-regression head on frozen Lite0 features, fitted here on
    photos 501.. of each class, saved with ``save_bundle`` and loaded back with ``load_bundle``.

@@ -1,4 +1,4 @@
-"""Far-domain check: does fine-tuning beat the probe where the probe has room above it? (issue 5)
+"""Far-domain check: does fine-tuning beat the probe where the probe has room above it?
 
 Usage:
     python benchmarks/check_finetune_far_domain.py [--work-dir DIR] [--out benchmarks/results/finetune_far_domain.json]
