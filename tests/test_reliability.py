@@ -438,3 +438,93 @@ def test_a_bundle_of_the_previous_release_with_user_files_is_refused(tmp_path, s
     with pytest.raises(BundleError, match=foreign):
         _write(out, spec)
     assert (out / foreign).read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------------
+# Nonsense in bundle.json is refused on load; non-finite outputs are never a prediction
+
+
+def _tamper(out: Path, edit) -> None:
+    meta_file = out / "bundle.json"
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))  # json.dumps writes NaN as NaN, which json.loads reads back
+
+
+def _set_backbone(key, value):
+    return lambda meta: meta["backbone"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_set_backbone("std", [0, 0, 0]), "std"),
+    (_set_backbone("std", [0.2, -0.1, 0.2]), "std"),
+    (_set_backbone("std", [0.2, float("inf"), 0.2]), "std"),
+    (_set_backbone("mean", [0.5]), "mean"),
+    (_set_backbone("mean", [0.5, float("nan"), 0.5]), "mean"),
+    (_set_backbone("mean", ["a", 0, 0]), "mean"),
+    (_set_backbone("input_size", [3, 100000, 100000]), "input size"),
+    (_set_backbone("input_size", [3, 2, 2]), "input size"),
+    (_set_backbone("input_size", [3, 224]), "input size"),
+    (_set_backbone("crop_pct", 0), "crop_pct"),
+    (_set_backbone("crop_pct", 7.5), "crop_pct"),
+    (_set_backbone("num_features", -4), "num_features"),
+    (lambda meta: meta["backbone"].pop("mean"), "mean"),
+    (lambda meta: meta.__setitem__("class_names", ["a", "a", "b"]), "unique"),
+    (lambda meta: meta.__setitem__("class_names", ["a", " ", "b"]), "empty"),
+    (lambda meta: meta.__setitem__("class_names", ["a", "b"]), "3 outputs but 2 class names"),
+    (lambda meta: meta["head"]["layers"][0].__setitem__("in_features", 7), "features"),
+])
+def test_a_tampered_bundle_json_is_one_bundle_error(tmp_path, spec, tiny_backbone, edit, words):
+    from transferkit.classifier.bundle import load_bundle, read_bundle_meta
+
+    out = tmp_path / "m"
+    _write(out, spec, backbone=tiny_backbone)
+    _tamper(out, edit)
+    for load in (read_bundle_meta, load_bundle):
+        with pytest.raises(BundleError) as info:
+            load(out)
+        msg = str(info.value)
+        assert words in msg and "\n" not in msg and "re-create" in msg, msg
+        assert "Error" not in msg.replace("BundleError", ""), msg  # no raw exception names
+
+
+def test_backbone_spec_validates_what_it_loads(spec):
+    from transferkit.backbones.spec import BackboneSpec
+
+    assert BackboneSpec.from_dict(spec.to_dict()) == spec
+    assert spec.validate() is spec
+    bad = {**spec.to_dict(), "std": [0, 0, 0], "input_size": [3, 100000, 100000]}
+    with pytest.raises(ValueError) as info:
+        BackboneSpec.from_dict(bad)
+    assert isinstance(info.value, TransferkitError)
+    assert "std" in str(info.value) and "input size" in str(info.value)
+
+
+def test_predict_on_a_bundle_with_zero_std_is_refused_not_printed_as_nan(tmp_path, capsys, spec, tiny_backbone, tiny_image_folder):
+    from transferkit.cli.main import main
+
+    out = tmp_path / "m"
+    _write(out, spec, backbone=tiny_backbone)
+    _tamper(out, _set_backbone("std", [0, 0, 0]))
+    code = main(["predict", str(out), str(_paths(tiny_image_folder)[0]), "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 1 and "nan" not in captured.out.lower()
+    assert "std" in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+def test_non_finite_model_outputs_are_an_error_not_a_prediction():
+    import torch
+
+    from transferkit.evaluate.metrics import evaluate_probabilities, probabilities_from_features
+
+    head = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        head.weight.fill_(float("nan"))
+    X = np.ones((5, 4), np.float32)
+    with pytest.raises(TransferkitError, match="non-finite") as info:
+        probabilities_from_features(head, X)
+    assert "5 of 5" in str(info.value)
+    probs = np.full((2, 3), 1 / 3)
+    probs[1, 0] = np.nan
+    with pytest.raises(TransferkitError, match="non-finite"):
+        evaluate_probabilities(probs, np.array([0, 1]), ["a", "b", "c"])

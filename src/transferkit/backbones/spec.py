@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from transferkit.core.errors import TransferkitError
+
 SPEC_VERSION = 1
+# Network input sides a spec may ask for: below, no backbone here works; above, one image alone
+# would need gigabytes.
+MIN_INPUT_SIZE = 8
+MAX_INPUT_SIZE = 4096
+
+
+class SpecError(TransferkitError, ValueError):
+    """A backbone spec that makes no sense (zero std, two means, a 100000 px input, ...)."""
 
 
 @dataclass(frozen=True)
@@ -81,13 +92,76 @@ class BackboneSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BackboneSpec":
+        """The spec :meth:`to_dict` wrote, checked with :meth:`validate`.
+
+        Raises:
+            SpecError: a field is missing, of the wrong type, or out of range (all problems in one line).
+        """
+        if not isinstance(d, dict):
+            raise SpecError(f"backbone spec is not a table of fields (got {type(d).__name__})")
         d = dict(d)
         d.pop("spec_version", None)
-        d["input_size"] = tuple(int(v) for v in d["input_size"])
-        d["mean"] = tuple(float(v) for v in d["mean"])
-        d["std"] = tuple(float(v) for v in d["std"])
+        problems: list[str] = []
+        for key, conv in (("input_size", int), ("mean", float), ("std", float)):
+            if key not in d:
+                problems.append(f"{key} is missing")
+                continue
+            try:
+                d[key] = tuple(conv(v) for v in d[key])
+            except (TypeError, ValueError, OverflowError):
+                problems.append(f"{key} must be a list of numbers, not {str(d[key])[:40]}")
+        for key, conv in (("num_features", int), ("num_classes", int), ("crop_pct", float)):
+            if key in d:
+                try:
+                    if isinstance(d[key], bool) or (conv is int and float(d[key]) != int(d[key])):
+                        raise ValueError
+                    d[key] = conv(d[key])
+                except (TypeError, ValueError, OverflowError):
+                    problems.append(f"{key} must be a number, not {str(d[key])[:40]}")
+        for key in ("name", "timm_name", "num_features", "num_classes"):
+            if key not in d:
+                problems.append(f"{key} is missing")
+        if problems:
+            raise SpecError("backbone spec: " + "; ".join(problems))
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            spec = cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:  # pragma: no cover - every required field was checked above
+            raise SpecError(f"backbone spec: {exc}") from None
+        return spec.validate()
+
+    def validate(self) -> "BackboneSpec":
+        """``self`` if every field makes sense, else :class:`SpecError` listing what does not.
+
+        Checked: three finite means; three finite stds > 0; input size (3, H, W) with H and W in
+        ``MIN_INPUT_SIZE..MAX_INPUT_SIZE``; ``crop_pct`` in (0, 1]; ``num_features`` >= 1,
+        ``num_classes`` >= 0; names that are non-empty strings.
+        """
+        problems: list[str] = []
+
+        def finite(values) -> bool:
+            return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+        if len(self.mean) != 3 or not finite(self.mean):
+            problems.append(f"mean must be three finite numbers, not {list(self.mean)}")
+        if len(self.std) != 3 or not finite(self.std) or not all(v > 0 for v in self.std):
+            problems.append(f"std must be three finite numbers above 0, not {list(self.std)}")
+        size = tuple(self.input_size)
+        if len(size) != 3 or size[0] != 3 or not all(MIN_INPUT_SIZE <= int(v) <= MAX_INPUT_SIZE for v in size[1:]):
+            problems.append(f"input size must be (3, height, width) with sides {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} px, not {list(size)}")
+        if not (isinstance(self.crop_pct, (int, float)) and math.isfinite(self.crop_pct) and 0 < self.crop_pct <= 1):
+            problems.append(f"crop_pct must be in (0, 1], not {self.crop_pct}")
+        if not isinstance(self.num_features, int) or self.num_features < 1:
+            problems.append(f"num_features must be a positive whole number, not {self.num_features}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            problems.append(f"num_classes must be a whole number >= 0, not {self.num_classes}")
+        for key in ("name", "timm_name"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                problems.append(f"{key} must be a non-empty name")
+        if problems:
+            raise SpecError("backbone spec: " + "; ".join(problems))
+        return self
 
     def cache_key_fields(self) -> dict[str, Any]:
         """The fields that change what a network computes from an image (for cache keys)."""

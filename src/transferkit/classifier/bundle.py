@@ -209,7 +209,37 @@ def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{path / BUNDLE_JSON} has no list of class names (got {str(names)[:60]}); re-create the bundle")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise BundleError(f"{path / BUNDLE_JSON} has a malformed 'files' table (name -> sha256); re-create the bundle")
+    _check_meta_sense(path, meta)
     return meta
+
+
+def _check_meta_sense(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a bundle.json whose values make no sense (a hand edit, a tampered file) with one line."""
+    try:
+        spec = BackboneSpec.from_dict(meta["backbone"])
+    except ValueError as exc:  # SpecError: says what is wrong with which field
+        raise BundleError(f"{path / BUNDLE_JSON} has an invalid {exc}; re-create the bundle") from None
+    names = meta["class_names"]
+    if any(not c.strip() for c in names):
+        raise BundleError(f"{path / BUNDLE_JSON} has an empty class name; re-create the bundle")
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise BundleError(f"{path / BUNDLE_JSON} has class names that are not unique ({', '.join(dup[:5])}); re-create the bundle")
+    head = meta["head"]
+    layers = head.get("layers") if isinstance(head, dict) else None
+    linear = [c for c in layers if isinstance(c, dict) and c.get("type") == "linear"] if isinstance(layers, list) else []
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if linear and whole(linear[-1].get("out_features")) and linear[-1]["out_features"] != len(names):
+        raise BundleError(f"{path / BUNDLE_JSON}: the head has {linear[-1]['out_features']} outputs but {len(names)} class names; "
+                          "re-create the bundle")
+    first = layers[0] if isinstance(layers, list) and layers else None
+    if isinstance(first, dict) and first.get("type") == "linear" and whole(first.get("in_features")) \
+            and first["in_features"] != spec.num_features:
+        raise BundleError(f"{path / BUNDLE_JSON}: the head takes {first['in_features']} features but the backbone gives "
+                          f"{spec.num_features} features; re-create the bundle")
 
 
 def _load_checked(path: Path, name: str, files: dict[str, str]) -> dict[str, torch.Tensor]:

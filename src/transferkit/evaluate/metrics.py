@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transferkit.core.errors import DataError
+from transferkit.core.errors import DataError, TransferkitError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,19 @@ def probabilities_from_features(head, X: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode():
         logits = head.eval()(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-    return logits.double().softmax(dim=1).numpy()
+    probs = logits.double().softmax(dim=1).numpy()
+    _check_finite(probs, "the model")
+    return probs
+
+
+def _check_finite(probs: np.ndarray, source: str) -> None:
+    """Non-finite probabilities (NaN, inf) are never passed on as predictions or metrics."""
+    bad = ~np.isfinite(probs).all(axis=1) if probs.ndim == 2 else ~np.isfinite(probs)
+    if bad.any():
+        raise TransferkitError(
+            f"{source} produced non-finite outputs (NaN or infinity) for {int(bad.sum())} of {len(bad)} images; "
+            "its weights or bundle.json are broken: re-create the bundle"
+        )
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
@@ -95,6 +107,7 @@ def evaluate_probabilities(
         raise DataError(f"probabilities of shape {probs.shape} do not match {len(y)} labels and {k} classes")
     if len(y) == 0:
         raise DataError("nothing to evaluate: no images")
+    _check_finite(probs, "the probabilities to evaluate come from a model that")
     pred = probs.argmax(axis=1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)
