@@ -92,17 +92,20 @@ def _lookup(paths: list[Path], spec, key: str, store: FeatureCache | None, X: np
         for i, h in enumerate(hashes):
             if h is None:
                 errors[str(paths[i])] = "cannot read file"
-        cached = store.get_many(key, [h for h in hashes if h])
         todo = []
-        for i, h in enumerate(hashes):
-            if h is None:
-                continue
-            vec = cached.get(h)
-            if vec is not None and vec.shape[0] == spec.num_features:
-                X[i] = vec
-                ok[i] = True
-            else:
-                todo.append(i)
+        readable = [i for i, h in enumerate(hashes) if h is not None]
+        # Chunk by chunk: all cached vectors at once would hold the features twice (the blobs and X).
+        for start in range(0, len(readable), 4096):
+            part = readable[start : start + 4096]
+            cached = store.get_many(key, [hashes[i] for i in part])
+            for i in part:
+                vec = cached.get(hashes[i])
+                if vec is not None and vec.shape[0] == spec.num_features:
+                    X[i] = vec
+                    ok[i] = True
+                else:
+                    todo.append(i)
+            del cached
         store.register_model(key, f"{spec.name} ({spec.timm_name}, {spec.weights_source}) {spec.image_size}px")
     return hashes, todo
 
