@@ -1,4 +1,4 @@
-"""Frozen-backbone features: streaming extraction, CPU/GPU engines and the on-disk cache.
+"""Frozen-backbone features: streaming extraction, CPU/GPU engines (chosen by measurement) and the on-disk cache.
 
 Names are imported on first use (PEP 562): the engines need PyTorch, and a warm ``train`` rerun
 that only reads the cache should not pay for importing it.
@@ -15,13 +15,19 @@ _EXPORTS = {
     "ENGINES": "engines",
     "EngineError": "engines",
     "OnnxEngine": "engines",
+    "OpenVinoEngine": "engines",
+    "PRECISIONS": "engines",
     "TorchEngine": "engines",
+    "TorchVariantEngine": "engines",
     "create_engine": "engines",
     "weights_digest": "engines",
     "Features": "extract",
     "cached_features": "extract",
     "extract_features": "extract",
     "model_cache_key": "extract",
+    "Candidate": "select",
+    "EngineChoice": "select",
+    "choose_engine": "select",
 }
 
 

@@ -45,19 +45,40 @@ class Features:
     stats: dict = field(default_factory=dict)
 
 
-def model_cache_key(backbone) -> str:
-    """Cache key of everything that decides a feature vector except the image itself."""
+def model_cache_key(backbone, precision: str = "fp32") -> str:
+    """Cache key of everything that decides a feature vector except the image itself.
+
+    ``precision``: what the engine computes in; reduced-precision (``bf16``/``fp16``) features get
+    their own key, fp32 ones keep the key they always had.
+    """
     from transferkit.features.engines import weights_digest
 
-    return digest(
-        {
-            "cache_format": CACHE_FORMAT_VERSION,
-            "spec": backbone.spec.cache_key_fields(),
-            "weights": weights_digest(backbone),
-            "preprocess": preprocessing_fields(backbone.spec),
-            "output": "pooled-features",
-        }
-    )
+    fields = {
+        "cache_format": CACHE_FORMAT_VERSION,
+        "spec": backbone.spec.cache_key_fields(),
+        "weights": weights_digest(backbone),
+        "preprocess": preprocessing_fields(backbone.spec),
+        "output": "pooled-features",
+    }
+    if precision != "fp32":
+        fields["precision"] = precision
+    return digest(fields)
+
+
+def _plan(backbone, engine, precision: str, device, cache_dir):
+    """(precision the features will have, engine object or None to build later, EngineChoice or None)."""
+    from transferkit.features.engines import engine_precision, plan_engine
+
+    if not isinstance(engine, str):
+        return engine_precision(engine), engine, None
+    _, planned = plan_engine(engine, precision, device)
+    if engine == "auto" and precision != "fp32":
+        # Which precision "auto" ends on is a measured decision (cached after the first time).
+        from transferkit.features.select import choose_engine
+
+        choice = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir)
+        return choice.precision, None, choice
+    return planned, None, None
 
 
 def _decode(path: Path, spec, decode_options: dict) -> tuple[np.ndarray | None, str, bool]:
@@ -136,6 +157,7 @@ def extract_features(
     backbone,
     *,
     engine="auto",
+    precision: str = "fp32",
     batch_size: int = 32,
     cache: FeatureCache | bool | None = True,
     workers: int = 2,
@@ -150,6 +172,9 @@ def extract_features(
         backbone: a frozen :class:`~transferkit.backbones.model.PixelModel`.
         engine: ``"auto"``, ``"torch"``, ``"onnxruntime"``, or an engine object (callable on a
             ``[N, H, W, 3]`` uint8 array); created only if some image is not cached.
+        precision: ``"fp32"`` (default), ``"auto"`` or ``"bf16"``/``"fp16"``: what a named engine
+            may compute in (:func:`~transferkit.features.select.choose_engine`); reduced-precision
+            features are cached under their own key.
         batch_size: images per engine call.
         cache: a :class:`FeatureCache`, ``True`` for the default one, ``False``/``None`` for none.
         workers: decoding threads (Pillow releases the GIL while decoding and resizing).
@@ -169,7 +194,9 @@ def extract_features(
     n = len(paths)
     spec = backbone.spec
     store = FeatureCache() if cache is True else (cache or None)
-    key = model_cache_key(backbone)
+    cache_dir = store.directory if store is not None else None
+    feature_precision, run, choice = _plan(backbone, engine, precision, device, cache_dir)
+    key = model_cache_key(backbone, feature_precision)
     X = np.full((n, spec.num_features), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     errors: dict[str, str] = {}
@@ -182,7 +209,9 @@ def extract_features(
     engine_name = "cache"
     t_compute = 0.0
     if todo:
-        run = create_engine(backbone, engine, cache_dir=store.directory if store is not None else None, device=device) if isinstance(engine, str) else engine
+        if run is None:
+            run = (choice.engine(backbone, cache_dir=cache_dir, device=device) if choice is not None
+                   else create_engine(backbone, engine, cache_dir=cache_dir, device=device, precision=precision))
         engine_name = getattr(run, "name", type(run).__name__)
         t_start = time.perf_counter()
         # Bounded prefetch: at most `window` decoded images wait for the engine.
@@ -235,6 +264,7 @@ def extract_features(
         "computed": computed,
         "failed": len(errors),
         "engine": engine_name,
+        "precision": feature_precision,
         "seconds": round(seconds, 4),
         "images_per_s_computed": round(computed / t_compute, 2) if t_compute > 0 else None,
     }
