@@ -1,0 +1,152 @@
+"""The linear probe: multinomial logistic regression with C chosen on validation data."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from transferkit.heads.base import (
+    DEFAULT_CS,
+    HEADS,
+    FeatureHead,
+    HeadError,
+    check_X_y,
+    class_weight_array,
+    single_thread,
+    stratified_folds,
+    weighted_log_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@HEADS.register("logistic")
+class LogisticHead(FeatureHead):
+    """Multinomial logistic regression with the L2 strength chosen on validation data.
+
+    Args:
+        C: inverse L2 strength; ``None`` chooses it from ``Cs`` on validation data.
+        Cs: the grid searched when ``C`` is ``None``.
+        class_weight: ``None``, ``"balanced"`` or ``{class: weight}``.
+        cv: when no validation data is passed to :meth:`fit`, ``C`` is chosen on this many
+            stratified folds of the training data.
+        scoring: what ``C`` minimises / maximises on validation data: ``"log_loss"`` (smooth, so a
+            few lucky images do not decide it; also gives calibrated probabilities) or
+            ``"accuracy"`` (ties broken by log loss).
+        refit: after choosing ``C`` on separate validation data, fit again on train + validation
+            (else on train only).
+        max_iter: L-BFGS iterations.
+        random_state: seed of the held-out split.
+    """
+
+    def __init__(self, *, C: float | None = None, Cs=DEFAULT_CS, class_weight=None, cv: int = 5,
+                 scoring: str = "log_loss", refit: bool = True, max_iter: int = 1000, random_state: int = 0) -> None:
+        self.C = C
+        self.Cs = Cs
+        self.class_weight = class_weight
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _lr(self, C: float):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=C, max_iter=self.max_iter, tol=1e-4, class_weight=self.class_weight)
+
+    def _path_scores(self, X_tr, y_tr, X_va, y_va, correct: dict, loss: dict) -> tuple[np.ndarray, float]:
+        """Add (weighted) correct counts and log losses on one validation split for every C."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        self._standardize_fit(X_tr)
+        Xs_tr, Xs_va = self._standardize(X_tr), self._standardize(X_va)
+        w_cls = class_weight_array(self.class_weight, np.unique(y_tr), y_tr)
+        known = np.isin(y_va, np.unique(y_tr))
+        Xs_va, y_va = Xs_va[known], y_va[known]
+        # Weighted by class when class weights are set: choose C for the metric that matters.
+        sample_w = w_cls[np.searchsorted(np.unique(y_tr), y_va)]
+        # Along the regularisation path, from strong to weak, each fit starting from the last
+        # solution (warm start): a few L-BFGS steps per C instead of a cold start each time.
+        lr = self._lr(1.0)
+        lr.set_params(warm_start=True)
+        for C in sorted(float(c) for c in self.Cs):
+            lr.set_params(C=C)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                lr.fit(Xs_tr, y_tr)
+            correct[C] += float(((lr.predict(Xs_va) == y_va) * sample_w).sum())
+            loss[C] += weighted_log_loss(lr.predict_proba(Xs_va), np.searchsorted(lr.classes_, y_va), sample_w) * float(sample_w.sum())
+        return sample_w, float(sample_w.sum())
+
+    def fit(self, X, y, X_val=None, y_val=None) -> "LogisticHead":
+        """Fit; ``X_val``/``y_val`` choose ``C`` (else a stratified hold-out of ``X``)."""
+        with single_thread():
+            return self._fit(X, y, X_val, y_val)
+
+    def _fit(self, X, y, X_val, y_val) -> "LogisticHead":
+        from sklearn.exceptions import ConvergenceWarning
+
+        X, y = check_X_y(X, y)
+        self._check_classes(y)
+        if X_val is not None:
+            X_val, y_val = check_X_y(X_val, y_val)
+        self.val_scores_: dict[float, float] = {}
+        self.val_log_loss_: dict[float, float] = {}
+        if self.C is not None:
+            best_C = float(self.C)
+        else:
+            if X_val is not None and len(X_val):
+                splits = [(X, y, X_val, y_val)]
+            else:
+                # No validation data given: stratified folds of the training data, so the choice
+                # does not hinge on a handful of held-out images.
+                folds = stratified_folds(y, self.cv, self.random_state)
+                if not folds:
+                    raise HeadError("too few training images to choose C on held-out data; pass C explicitly (`transferkit train --C 1.0`)")
+                splits = [(X[tr], y[tr], X[va], y[va]) for tr, va in folds]
+            correct = {float(c): 0.0 for c in self.Cs}
+            loss = {float(c): 0.0 for c in self.Cs}
+            total = 0.0
+            for X_tr, y_tr, X_va, y_va in splits:
+                w, n = self._path_scores(X_tr, y_tr, X_va, y_va, correct, loss)
+                total += n
+            self.val_scores_ = {c: correct[c] / total for c in sorted(correct)}
+            self.val_log_loss_ = {c: loss[c] / total for c in sorted(loss)}
+            if self.scoring == "log_loss":
+                best_C = min(self.val_log_loss_, key=lambda c: (self.val_log_loss_[c], c))
+            elif self.scoring == "accuracy":
+                best = max(self.val_scores_.values())
+                # Ties (common with few validation images) go to the lower validation log loss.
+                best_C = min((c for c, v in self.val_scores_.items() if v >= best - 1e-12), key=lambda c: (self.val_log_loss_[c], c))
+            else:
+                raise HeadError(f"scoring {self.scoring!r} is not understood; use 'log_loss' or 'accuracy'")
+            if self.refit and X_val is not None and len(X_val):
+                X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
+        self._standardize_fit(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_ = self._lr(best_C).fit(self._standardize(X), y)
+        self.C_ = best_C
+        log.info("logistic head: C=%g (validation accuracy by C: %s)", best_C, self.val_scores_)
+        return self
+
+    def to_module(self):
+        """``nn.Linear`` computing the same logits from raw features (standardisation folded in)."""
+        import torch
+        from torch import nn
+
+        coef = self.model_.coef_.astype(np.float64)
+        intercept = self.model_.intercept_.astype(np.float64)
+        if coef.shape[0] == 1:  # binary: softmax([0, z]) == sigmoid(z)
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.array([0.0, intercept[0]])
+        W = coef / self.scale_.astype(np.float64)
+        b = intercept - W @ self.mean_.astype(np.float64)
+        layer = nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(W).float())
+            layer.bias.copy_(torch.from_numpy(b).float())
+        return layer.eval()
