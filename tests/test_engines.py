@@ -173,3 +173,16 @@ def test_candidates_follow_the_cpu():
     assert "openvino-bf16" in names(amx, "bf16") and "openvino-bf16" not in names(avx2, "bf16")
     assert "openvino-bf16" not in names(amx, "fp32")  # not even measured when fp32 is asked
     assert [n for n, _ in select.candidate_names("cuda", precision="fp16")] == ["torch-cuda", "torch-cuda-fp16"]
+
+
+def test_engines_command_prints_the_measured_table(capsys):
+    from transferkit.cli.main import main
+
+    argv = ["engines", "--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "--format", "json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = {c["name"] for c in out["candidates"]}
+    assert out["name"] in names and "torch" in names and out["reason"]
+    assert all("images_per_s" in c and "faithful" in c for c in out["candidates"])
+    assert main(argv[:-2]) == 0  # the table; the second run reads the cached decision
+    assert "cached decision" in capsys.readouterr().out

@@ -83,6 +83,9 @@ def _register() -> None:
 
     app.command("featuremaps")(featuremaps)
     app.command("dream")(dream)
+    from transferkit.cli.engines import engines_command
+
+    app.command("engines")(engines_command)
     from transferkit.cli.export import export
     from transferkit.cli.serve import serve
 
