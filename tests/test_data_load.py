@@ -199,7 +199,7 @@ def test_csv_layout_with_header_split_and_problems(tmp_path):
         "img/a.jpg,cat,train\n"
         "img/b.jpg,dog,validation\n"
         f"{tmp_path / 'elsewhere.jpg'},dog,test\n"
-        "img/c.jpg,cat,holdout\n"
+        "img/c.jpg,,train\n"
         "img/d.jpg,cat,train\n"
         "img/gone.jpg,cat,train\n"
         "img/a.jpg,cat,train\n"
@@ -211,7 +211,11 @@ def test_csv_layout_with_header_split_and_problems(tmp_path):
         "a.jpg": ("cat", "train"), "b.jpg": ("dog", "val"), "elsewhere.jpg": ("dog", "test")}
     assert [Path(p).name for p in r.missing] == ["gone.jpg"]
     reasons = sorted(x.reason.split(";")[0].split(" (")[0] for x in r.rejected)
-    assert reasons == ["listed again on CSV line 8", "not an image Pillow can read", "unknown split 'holdout'"]
+    assert reasons == ["CSV row has an empty path or label", "listed again on CSV line 8", "not an image Pillow can read"]
+    # An unknown split is a typo to fix, not a row to drop: the error names the row.
+    (root / "labels.csv").write_text("path,label,split\nimg/a.jpg,cat,train\nimg/c.jpg,cat,holdout\n")
+    with pytest.raises(DataError, match="labels.csv line 3: unknown split 'holdout'; use train, val, test"):
+        load_images(root / "labels.csv")
 
 
 def test_csv_without_header(tmp_path):

@@ -180,7 +180,7 @@ def test_an_unwritable_onnx_cache_exports_to_a_temporary_folder_with_one_warning
 
 
 def test_a_full_disk_during_onnx_export_falls_back_to_a_temporary_folder(tmp_path, monkeypatch, caplog, tiny_backbone):
-    import transferkit.features.engines as engines
+    from transferkit.features import engines
 
     cache_dir = tmp_path / "cache"
     real_export = engines._export_to
@@ -218,7 +218,7 @@ def test_a_temp_file_left_by_a_killed_export_is_cleaned_up_later(tiny_backbone):
 @pytest.mark.xfail(strict=True, reason="the fallback lives in transferkit.features.select now, which still warns through "
                    "warnings.warn and the log; its owner makes it one log warning")
 def test_falling_back_to_the_torch_engine_warns_once_without_a_source_line(monkeypatch, caplog, tiny_backbone):
-    import transferkit.features.engines as engines
+    from transferkit.features import engines
 
     monkeypatch.setattr(engines, "ONNX_MAX_ABS_DIFF", -1.0)  # no output can pass the check
     with warnings.catch_warnings(record=True) as raised, caplog.at_level(logging.WARNING):
@@ -260,7 +260,7 @@ def test_an_unusable_verify_cache_warns_once_and_checks_go_on(tmp_path, caplog):
 
 
 def test_a_full_disk_under_the_verify_cache_warns_once(tmp_path, monkeypatch, caplog):
-    import transferkit.data.verify as verify
+    from transferkit.data import verify
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -280,7 +280,12 @@ def test_a_full_disk_under_the_verify_cache_warns_once(tmp_path, monkeypatch, ca
 
 def _write(path, spec, *, extras=None, classes=("a", "b", "c"), bias: float = 0.0, backbone=None):
     """A bundle written the way a warm rerun writes it (numpy weights); loadable when given the backbone."""
-    from transferkit.classifier.bundle_files import BACKBONE_FILE, HEAD_FILE, save_numpy_weights, write_bundle_dir
+    from transferkit.classifier.bundle_files import (
+        BACKBONE_FILE,
+        HEAD_FILE,
+        save_numpy_weights,
+        write_bundle_dir,
+    )
 
     d = spec.num_features
     state = {"weight": np.zeros((len(classes), d), np.float32), "bias": np.full(len(classes), bias, np.float32)}
@@ -515,7 +520,10 @@ def test_predict_on_a_bundle_with_zero_std_is_refused_not_printed_as_nan(tmp_pat
 def test_non_finite_model_outputs_are_an_error_not_a_prediction():
     import torch
 
-    from transferkit.evaluate.metrics import evaluate_probabilities, probabilities_from_features
+    from transferkit.evaluate.metrics import (
+        evaluate_probabilities,
+        probabilities_from_features,
+    )
 
     head = torch.nn.Linear(4, 3)
     with torch.no_grad():
@@ -528,3 +536,113 @@ def test_non_finite_model_outputs_are_an_error_not_a_prediction():
     probs[1, 0] = np.nan
     with pytest.raises(TransferkitError, match="non-finite"):
         evaluate_probabilities(probs, np.array([0, 1]), ["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Smaller findings
+
+
+def test_a_pickled_weights_file_is_refused_without_torchs_warning(tmp_path):
+    import pickle
+
+    from transferkit.backbones.weights import load_state_dict
+    from transferkit.core.errors import WeightsError
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"weight": Path("not a tensor")}, protocol=4))
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError, match="refused"):
+            load_state_dict(bad)
+    assert [str(w.message) for w in raised] == []
+
+
+def test_the_checkpoint_read_error_is_not_cut_mid_word(tmp_path, monkeypatch):
+    import torch
+
+    from transferkit.finetune.runtime import load_checkpoint
+
+    original = "PytorchStreamReader failed reading zip archive: " + " ".join(f"word{i}" for i in range(80))
+
+    def broken(*a, **k):
+        raise RuntimeError(original)
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(TransferkitError) as info:
+        load_checkpoint(tmp_path / "ckpt.pt")
+    msg = str(info.value)
+    inner = msg[msg.index("(") + 1 : msg.rindex(")")]
+    assert set(inner.split()) <= set(original.split()) | {"..."}, inner  # whole words only
+    assert inner.startswith("PytorchStreamReader failed") and len(msg) < 400
+    assert "RuntimeError" not in msg and msg.endswith("delete it to start over")
+
+
+def _class_folders(root: Path, classes=("cat", "dog"), n: int = 3) -> Path:
+    for c in classes:
+        _folder_of_images(root / c, n)
+    return root
+
+
+def test_an_unreadable_class_folder_is_named_with_its_reason(tmp_path, monkeypatch):
+    from transferkit.data import formats, load_images
+
+    root = _class_folders(tmp_path / "d", ("cat", "dog", "bird"))
+    locked = root / "dog"
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fspath(path)) == locked:  # what chmod 000 does to a user who is not root
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(formats.os, "scandir", scandir)
+    images = load_images(root, workers=1)
+    assert images.class_names == ["bird", "cat"]
+    rejected = {r.path: r.reason for r in images.report.rejected}
+    assert str(locked) in rejected, rejected
+    assert "cannot read folder" in rejected[str(locked)] and "permission denied" in rejected[str(locked)]
+
+
+def test_an_unreadable_dataset_folder_is_one_data_error(tmp_path, monkeypatch):
+    from transferkit.data import load_images
+
+    root = _class_folders(tmp_path / "d")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == root:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError, match=f"cannot read the folder {root}.*permission denied"):
+        load_images(root, workers=1)
+
+
+def _csv(tmp_path: Path, rows: list[str]) -> Path:
+    _folder_of_images(tmp_path / "img", 4)
+    f = tmp_path / "labels.csv"
+    f.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return f
+
+
+def test_a_csv_row_with_an_unknown_split_is_an_error_naming_the_row(tmp_path):
+    from transferkit.data import load_images
+
+    f = _csv(tmp_path, ["img/0.png,cat,train", "img/1.png,dog,trian", "img/2.png,dog,test"])
+    with pytest.raises(DataError) as info:
+        load_images(f, workers=1)
+    msg = str(info.value)
+    assert "line 3" in msg and "'trian'" in msg and "train, val, test" in msg and str(f) in msg, msg
+
+
+def test_csv_rows_with_a_missing_file_or_an_empty_label_are_reported_with_a_reason(tmp_path):
+    from transferkit.data import load_images
+
+    f = _csv(tmp_path, ["img/0.png,cat,train", "img/1.png,dog,train", "img/gone.png,dog,train", "img/2.png,,train",
+                        "img/3.png,cat,test"])
+    images = load_images(f, workers=1)
+    assert len(images) == 3
+    assert [Path(p).name for p in images.report.missing] == ["gone.png"]  # listed, absent: the report's missing list
+    rejected = {r.path: r.reason for r in images.report.rejected}
+    assert rejected == {f"{f}:5": "CSV row has an empty path or label"}

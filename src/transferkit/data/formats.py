@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transferkit.data.imageset import Rejected
 from transferkit.core.errors import DataError
+from transferkit.core.paths import describe_os_error
+from transferkit.data.imageset import Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,31 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _walk_files(folder: Path, notes: list[str]) -> list[Path]:
-    """Every non-hidden file under ``folder`` (following no symlinked dirs), sorted."""
+def _unreadable_folder(folder, exc: OSError) -> Rejected:
+    return Rejected(str(folder), f"cannot read folder ({describe_os_error(exc)}); fix its permissions or move it out of the dataset")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of a dataset's own folder, sorted; a folder that cannot be read is a DataError."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot read the folder {folder} ({describe_os_error(exc)}); fix its permissions") from None
+
+
+def _walk_files(folder: Path, notes: list[str], rejected: list[Rejected] | None = None) -> list[Path]:
+    """Every non-hidden file under ``folder`` (following no symlinked dirs), sorted.
+
+    Folders that cannot be read (permissions) go to ``rejected`` with the reason, when given.
+    """
     files: list[Path] = []
     hidden = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:
+        if rejected is not None:
+            rejected.append(_unreadable_folder(exc.filename or folder, exc))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         kept_dirs = [d for d in dirnames if not d.startswith(".")]
         hidden += len(dirnames) - len(kept_dirs)
         dirnames[:] = sorted(kept_dirs)
@@ -123,7 +144,7 @@ def detect_format(path: Path) -> tuple[str, str]:
         return "kaggle", "train/ holds flat files named <label>.<n>.<ext> (Kaggle dogs-vs-cats layout)"
     if _flat_kaggle_dir(path):
         return "kaggle", f"{path.name}/ holds flat files named <label>.<n>.<ext> (Kaggle dogs-vs-cats layout)"
-    subdirs = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    subdirs = [d for d in _entries(path) if d.is_dir() and not d.name.startswith(".")]
     if subdirs:
         splits = [d.name for d in subdirs if d.name.lower() in SPLIT_ALIASES]
         if splits and len(splits) == len(subdirs):
@@ -141,25 +162,31 @@ def detect_format(path: Path) -> tuple[str, str]:
 def list_folder(root: Path, *, lowercase_classes: bool = False) -> Listing:
     """Class folders (``root/<class>/**/<image>``) or split folders (``root/<split>/<class>/...``)."""
     listing = Listing("folder", "", root)
-    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    subdirs = [d for d in _entries(root) if d.is_dir() and not d.name.startswith(".")]
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
     if split_dirs and len(split_dirs) == len(subdirs):
         groups = [(d, SPLIT_ALIASES[d.name.lower()]) for d in split_dirs]
     else:
         groups = [(root, None)]
     for base, split in groups:
-        for f in sorted(p for p in base.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            inside = sorted(base.iterdir())
+        except OSError as exc:  # an unreadable split folder: say so, use the others
+            listing.rejected.append(_unreadable_folder(base, exc))
+            continue
+        for f in (p for p in inside if p.is_file() and not p.name.startswith(".")):
             listing.rejected.append(Rejected(str(f), "not inside a class folder (no label)"))
-        for class_dir in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for class_dir in (d for d in inside if d.is_dir() and not d.name.startswith(".")):
             label = class_dir.name.lower() if lowercase_classes else class_dir.name
             n_before = len(listing.entries)
-            for f in _walk_files(class_dir, listing.notes):
+            n_rejected = len(listing.rejected)
+            for f in _walk_files(class_dir, listing.notes, listing.rejected):
                 reason = _unusable_reason(f)
                 if reason:
                     listing.rejected.append(Rejected(str(f), reason))
                 else:
                     listing.entries.append(Entry(f, label, split))
-            if len(listing.entries) == n_before:
+            if len(listing.entries) == n_before and len(listing.rejected) == n_rejected:
                 listing.notes.append(f"class folder {class_dir} holds no image files")
     return listing
 
@@ -221,7 +248,7 @@ def list_oxford(root: Path, *, label_by: str = "breed") -> Listing:
         listing.entries.append(Entry(path, label, split))
     if no_split:
         listing.notes.append(f"{no_split} images are in list.txt but in neither trainval.txt nor test.txt; put in train")
-    for f in _walk_files(images, listing.notes):
+    for f in _walk_files(images, [], listing.rejected):  # notes were taken on the first walk
         reason = _unusable_reason(f)
         if reason:
             listing.rejected.append(Rejected(str(f), reason))
@@ -244,7 +271,7 @@ def list_kaggle(root: Path) -> Listing:
     """Kaggle dogs-vs-cats: train/cat.123.jpg, train/dog.45.jpg (test1/ is unlabelled)."""
     train = root / "train" if (root / "train").is_dir() else root
     listing = Listing("kaggle", "", root)
-    for f in _walk_files(train, listing.notes):
+    for f in _walk_files(train, listing.notes, listing.rejected):
         reason = _unusable_reason(f)
         match = _KAGGLE_NAME.match(f.name)
         if reason:
@@ -309,11 +336,10 @@ def list_csv(csv_path: Path) -> Listing:
         if "split" in cols and cols["split"] < len(row) and row[cols["split"]].strip():
             raw = row[cols["split"]].strip().lower()
             split = SPLIT_ALIASES.get(raw)
-            if split is None:
-                listing.rejected.append(
-                    Rejected(f"{csv_path}:{lineno}", f"unknown split {raw!r}; use train, val or test")
-                )
-                continue
+            if split is None:  # a typo must not silently drop (or re-split) the row
+                others = ", ".join(a for a in SPLIT_ALIASES if a not in ("train", "val", "test"))
+                raise DataError(f"{csv_path} line {lineno}: unknown split {row[cols['split']].strip()!r}; "
+                                f"use train, val, test (or {others}), or leave it empty")
             splits_given += 1
         path = Path(rel).expanduser()
         path = path if path.is_absolute() else root / path
