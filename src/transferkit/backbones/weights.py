@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import warnings
 from pathlib import Path
 
 from transferkit.core.errors import WeightsError
@@ -72,7 +73,11 @@ def load_state_dict(path: str | Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"weights file {path} is corrupt or truncated ({exc}); download it again") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's "Detected pickle protocol 4 in the checkpoint ..." would print two lines before
+            # the one-line refusal below; whatever the file holds, the answer is ours to give.
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):

@@ -130,7 +130,7 @@ def _write_step(what: Path, step: Callable[[], Any]) -> Any:
         return step()
     except BundleError:
         raise
-    except Exception as exc:  # OSError, SafetensorError, ...: the cause and the path, never the raw error
+    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, ...: the cause and the path, never the raw error
         raise BundleError(f"{_failure(exc, what)}; free some space or choose another --out") from None
 
 
@@ -200,13 +200,14 @@ def write_bundle_dir(
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a bundle is meant to be shared
         files: dict[str, str] = {}
         for name, write in weights.items():
-            _write_step(path / name, lambda: write(str(tmp / name)))
-            files[name] = _write_step(path / name, lambda: sha256_file(tmp / name))
+            file = tmp / name
+            _write_step(path / name, lambda write=write, file=file: write(str(file)))
+            files[name] = _write_step(path / name, lambda file=file: sha256_file(file))
         if extras is not None:
             own = set(weights)
             try:
                 extras(tmp)
-            except Exception as exc:  # only the extras failed: the bundle goes on without them
+            except Exception as exc:  # noqa: BLE001 - only the extras failed: the bundle goes on without them
                 extras_error = _failure(exc, path, tmp, path)
                 for entry in list(tmp.iterdir()):
                     if entry.name not in own:

@@ -111,4 +111,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a corrupt file
-        raise FinetuneError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); delete it to start over") from None
+        import textwrap
+
+        detail = textwrap.shorten(str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable", width=160, placeholder=" ...")
+        raise FinetuneError(f"checkpoint {path} cannot be read ({detail}); delete it to start over") from None
