@@ -72,7 +72,8 @@ def test_dream_attack_and_featuremaps_take_the_classifier(tiny_image_folder, tmp
     photo = sorted(tiny_image_folder.rglob("*.jpg"))[0]
     maps = tk.featuremaps(clf, photo, layer=1, channels=4)
     assert len(maps.channels) == 4 and maps.activations.ndim == 3
-    render = tk.dream(clf, "class_1", steps=3, size=32)
-    assert render.class_name == "class_1"
+    grown = tk.dream(clf, "class_1", steps=3, size=32, compare=True)
+    assert grown.class_name == "class_1" and grown.variants == ["main", "noisy (tv 0)"]
+    assert grown.side_by_side().shape == (32, 72, 3) and grown.save_png(tmp_path / "d.png").is_file()
     report = tk.attack(clf, photo, target="class_2", eps=8 / 255, steps=2, out=tmp_path / "adv")
     assert report.target == "class_2" and report.files.adversarial.is_file() and report.files.perturbation.is_file()

@@ -236,17 +236,17 @@ def _model_of(model):
     return model
 
 
-def dream(model, target: str | int, **settings):
+def dream(model, target: str | int, *, compare: bool = False, **settings):
     """An "ideal" image of class ``target`` (a class name or index) for ``model`` (:class:`Classifier`, backbone name or module).
 
-    ``settings`` are :class:`~transferkit.explain.render.RenderConfig` fields (steps, size, tv_weight, seed, ...).
-    Returns a :class:`~transferkit.explain.render.RenderResult` (``.image``, ``.probability``, ...).
+    ``settings`` are :class:`~transferkit.explain.render.RenderConfig` fields (steps, size, tv_weight, seed, ...);
+    ``compare`` also grows the lesson's noisy version. Returns a :class:`~transferkit.explain.dream.Dream`
+    (``.renders``, ``.side_by_side()``, ``.save_png(path)``).
     """
-    from transferkit.explain.render import RenderConfig, render_class_image, resolve_class
+    from transferkit.explain.dream import dream as grow
+    from transferkit.explain.render import RenderConfig
 
-    network = _model_of(model)
-    index, name = resolve_class(network, target)
-    return render_class_image(network, index, RenderConfig(**settings), class_name=name)
+    return grow(_model_of(model), target, RenderConfig(**settings), compare=compare)
 
 
 def attack(model, image: str | os.PathLike, *, target: str | int | None = None, **options):

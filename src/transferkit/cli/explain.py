@@ -103,11 +103,10 @@ def dream(
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
     """Grow an image from noise until the network sees CLASS in it (an "ideal class image")."""
-    from dataclasses import replace
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    import numpy as np
-
-    from transferkit.explain.render import RenderConfig, plain_config, render_class_image, resolve_class, to_uint8
+    from transferkit.explain.dream import dream as grow
+    from transferkit.explain.dream import dream_config
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(objective, ("logit", "logprob"))
@@ -118,50 +117,31 @@ def dream(
 
         torch.set_num_threads(threads)
     net = _load_model(backbone, model, weights)
-    index, name = resolve_class(net, target)
-    config = RenderConfig(steps=steps, lr=lr, size=size, seed=seed, objective=objective, l2_weight=l2_weight,
-                          frame_every=max(1, steps // 48) if gif else 0)
-    if tv_weight is not None:
-        config = replace(config, tv_weight=tv_weight)
-    if tv_weight == 0:
-        # The lesson's version: plain pixels, nothing to stop high frequencies (flags still override).
-        config = replace(config, param="pixel", transforms=False, views=1)
-    if param is not None:
-        config = replace(config, param=param)
-    if transforms is not None:
-        config = replace(config, transforms=transforms, views=config.views if transforms else 1)
-    configs = [("main", config)]
-    if compare:
-        configs.append(("noisy (tv 0)", replace(plain_config(config), frame_every=0)))
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    results = []
+    config = dream_config(steps=steps, lr=lr, size=size, seed=seed, objective=objective, l2_weight=l2_weight, tv_weight=tv_weight,
+                          param=param, transforms=transforms, gif=gif is not None)
+    tasks: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("p={task.fields[p]:.3f}"),
                   TimeElapsedColumn(), console=output.err_console, transient=fmt == "json") as progress:
-        for label, cfg in configs:
-            task = progress.add_task(f"{name} ({label})", total=cfg.steps, p=0.0)
-            results.append(render_class_image(net, index, cfg, class_name=name,
-                                              callback=lambda rec, task=task: progress.update(task, advance=1, p=rec.probability)))
+        def step(variant: str, rec) -> None:
+            if variant not in tasks:
+                tasks[variant] = progress.add_task(f"{target} ({variant})", total=config.steps, p=0.0)
+            progress.update(tasks[variant], advance=1, p=rec.probability)
 
+        result = grow(net, target, config, compare=compare, callback=step)
+    name, index = result.class_name, result.class_index
     safe = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_") or str(index)
-    out = out or Path(f"dream_{safe}.png")
-    images = [to_uint8(r.image) for r in results]  # same size: both renders share config.size
-    gap = np.full((images[0].shape[0], 8, 3), 255, dtype=np.uint8)
-    _save_png(out, np.concatenate([images[0], gap, images[1]], axis=1) if len(images) == 2 else images[0])
+    out = result.save_png(out or Path(f"dream_{safe}.png"))
     if gif:
-        from PIL import Image
-
-        frames = [Image.fromarray(to_uint8(f)) for f in results[0].frames] + [Image.fromarray(images[0])]
-        _write_atomic(gif, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0))
-
+        result.save_gif(gif)
+    pairs = list(zip(result.variants, result.renders))
     if fmt == "json":
         output.print_json({"class": name, "index": index, "out": str(out), "gif": str(gif) if gif else None,
-                           "renders": [dict(variant=label, **r.summary()) for (label, _), r in zip(configs, results)]})
+                           "renders": [dict(variant=label, **r.summary()) for label, r in pairs]})
         return
     rows = [(label, r.config.param, "on" if r.config.transforms else "off", f"{r.config.tv_weight:g}",
-             f"{r.probability:.4f}", f"{r.tv:.4f}", f"{r.wall_seconds:.1f}") for (label, _), r in zip(configs, results)]
+             f"{r.probability:.4f}", f"{r.tv:.4f}", f"{r.wall_seconds:.1f}") for label, r in pairs]
     output.print_table(f"{name} (class {index})", ("image", "param", "transforms", "tv weight", "p(class)", "TV", "seconds"), rows)
-    if len(results) == 2 and results[0].tv > 0:
-        output.info(f"the noisy image has {results[1].tv / results[0].tv:.1f}x the total variation of the regularised one")
+    renders = result.renders
+    if len(renders) == 2 and renders[0].tv > 0:
+        output.info(f"the noisy image has {renders[1].tv / renders[0].tv:.1f}x the total variation of the regularised one")
     output.info(f"wrote {out}" + (" (left: regularised, right: noisy)" if compare else "") + (f" and {gif}" if gif else ""))
