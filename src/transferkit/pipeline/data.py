@@ -35,7 +35,8 @@ def load_split(config: TrainConfig, imageset=None):
     train_labels = data.labels[np.asarray(data.split) == "train"]
     if len(train_labels) == 0:
         raise DataError("the split left no training images; lower --val/--test")
-    present = sorted({data.class_names[i] for i in np.unique(train_labels)})
+    # bincount, not np.unique: unique imports numpy.ma (25 ms), a tenth of a warm rerun
+    present = [data.class_names[i] for i in np.flatnonzero(np.bincount(train_labels, minlength=data.num_classes))]
     if len(present) < 2:
         found = f"only {present[0]!r}" if present else "none"
         raise DataError(f"training needs images of at least 2 classes, found {found}; check the data "
