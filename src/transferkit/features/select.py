@@ -8,7 +8,9 @@ them alike) for a few seconds; the median images/s decides. The decision is cach
 cache dir, keyed on CPU model and flags, library versions, threads, device, backbone spec and weights
 digest and the precision asked for, so it is measured once per machine and backbone.
 
-Faithfulness rule, on the pooled features of a 32-image probe batch, against fp32 eager PyTorch:
+Faithfulness rule, on the pooled features of a 16-image probe batch (the real photos that installed
+packages ship -- scikit-learn's, matplotlib's, ... -- decoded like any input, plus flipped and rotated
+copies, topped up with smooth synthetic images), against fp32 eager PyTorch:
 
 - fp32 engines: max abs diff <= ``FP32_REL_TOL`` x max(1, max |reference|) and cosine >= ``FP32_MIN_COSINE``
   for every image: the same numbers up to float rounding.
@@ -19,7 +21,8 @@ Faithfulness rule, on the pooled features of a 32-image probe batch, against fp3
 - ``precision="auto"`` allows a reduced-precision engine only where it passes a stricter check:
   min cosine >= ``AUTO_MIN_COSINE`` and the backbone's own pretrained classifier (a linear probe
   fitted on these very features) gives the same top-1 class on every probe image as from the fp32
-  features. Otherwise ``auto`` stays fp32.
+  features. Otherwise ``auto`` stays fp32. (A proxy: it sees a handful of photos, not the user's
+  data; ``benchmarks/bench_engines.py`` measures what bf16 does to a probe's test accuracy.)
 
 The default is ``precision="fp32"``: the features are those of PyTorch fp32 (and share its cache
 key); reduced-precision features are cached under their own key.
@@ -27,6 +30,7 @@ key); reduced-precision features are cached under their own key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -48,7 +52,7 @@ FP32_MIN_COSINE = 0.99999
 REDUCED_MEDIAN_COSINE = 0.999
 REDUCED_MIN_COSINE = 0.99
 AUTO_MIN_COSINE = 0.999
-PROBE_BATCH = 32
+PROBE_BATCH = 16
 MEASURE_SECONDS = 6.0
 MIN_ROUNDS = 3
 MAX_ROUNDS = 8
@@ -220,6 +224,29 @@ def candidate_names(device: str, *, precision: str, include_all: bool = False, c
     return names
 
 
+def probe_pixels(spec, n: int = PROBE_BATCH) -> np.ndarray:
+    """``[n, S, S, 3]`` uint8: sample photos (and flipped / rotated copies) first, synthetic images after."""
+    from transferkit.data.samples import sample_photos
+    from transferkit.features.engines import _probe_pixels
+    from transferkit.features.preprocess import decode_uint8
+
+    photos: list[np.ndarray] = []
+    for path in sample_photos().values():
+        try:
+            px = decode_uint8(path, spec)
+        except Exception as exc:  # noqa: BLE001 - an unreadable sample only means fewer real photos
+            log.debug("sample photo %s not used for the engine probe: %s", path, exc)
+            continue
+        if px.shape == (spec.image_size, spec.image_size, 3):
+            photos.append(px)
+    # Every photo first, then their mirror images, then rotated copies.
+    views = [lambda x: x, lambda x: x[:, ::-1], np.rot90, lambda x: np.rot90(x, 3)]
+    images = [np.ascontiguousarray(view(px)) for view in views for px in photos][:n]
+    if len(images) < n:
+        images += list(_probe_pixels(spec, n - len(images)))
+    return np.stack(images)
+
+
 def _top1(backbone, feats: np.ndarray) -> np.ndarray | None:
     import torch
 
@@ -302,12 +329,13 @@ def _reason(chosen: Candidate, candidates: list[Candidate], precision_asked: str
     return "".join(parts)
 
 
-def decision_key(backbone, *, precision: str, device: str, include_all: bool, machine: dict) -> str:
+def decision_key(backbone, *, precision: str, device: str, include_all: bool, machine: dict, probe: np.ndarray) -> str:
     from transferkit.features.engines import weights_digest
     from transferkit.features.preprocess import digest
 
     return digest({"v": SELECT_VERSION, "machine": machine, "spec": backbone.spec.cache_key_fields(),
                    "weights": weights_digest(backbone), "precision": precision, "include_all": include_all,
+                   "probe": hashlib.sha256(probe.tobytes()).hexdigest(),
                    "rules": [FP32_REL_TOL, FP32_MIN_COSINE, REDUCED_MEDIAN_COSINE, REDUCED_MIN_COSINE, AUTO_MIN_COSINE]})
 
 
@@ -360,7 +388,6 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     from transferkit.features.engines import (
         EngineError,
         TorchEngine,
-        _probe_pixels,
         build_engine,
         check_precision,
     )
@@ -370,7 +397,8 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     device = _resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     machine = machine_description(device)
-    key = decision_key(model, precision=precision, device=device, include_all=include_all, machine=machine)
+    pixels = probe_pixels(model.spec, PROBE_BATCH)
+    key = decision_key(model, precision=precision, device=device, include_all=include_all, machine=machine, probe=pixels)
     path = decision_path(cache_dir, model, key) if cache_dir is not None else None
     if not refresh and path is not None and path.is_file():
         try:
@@ -382,7 +410,6 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
             log.warning("engine decision %s unreadable (%s); measuring again", path, exc)
 
     t0 = time.perf_counter()
-    pixels = _probe_pixels(model.spec, PROBE_BATCH)
     candidates: dict[str, Candidate] = {}
     engines: dict = {}
     reference = ref_top1 = None
