@@ -646,3 +646,37 @@ def test_csv_rows_with_a_missing_file_or_an_empty_label_are_reported_with_a_reas
     assert [Path(p).name for p in images.report.missing] == ["gone.png"]  # listed, absent: the report's missing list
     rejected = {r.path: r.reason for r in images.report.rejected}
     assert rejected == {f"{f}:5": "CSV row has an empty path or label"}
+
+
+def test_report_plots_in_an_unusable_cache_add_no_second_warning(tmp_path, caplog):
+    from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.evaluate.report import write_report
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ev = evaluate_probabilities(np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([0, 1]), ["a", "b"])
+    with caplog.at_level(logging.WARNING):
+        write_report(ev, tmp_path / "r", png_cache=blocker)  # two plots, one folder
+    assert (tmp_path / "r" / "report.html").is_file()
+    _assert_one_cache_warning(caplog, blocker)
+
+
+def test_a_report_that_cannot_be_written_names_the_file_and_the_cause(tmp_path, monkeypatch, spec):
+    import transferkit.evaluate.report as report
+    from transferkit.evaluate.metrics import evaluate_probabilities
+
+    ev = evaluate_probabilities(np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([0, 1]), ["a", "b"])
+    real = report.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(report, "atomic_write_bytes", full)
+    with pytest.raises(TransferkitError, match=f"no space left on device writing {tmp_path / 'ev' / 'report.html'}"):
+        report.write_report(ev, tmp_path / "ev")
+    # Inside a bundle being written: the message names where the file was going, not the temp folder.
+    written = _write(tmp_path / "m", spec, extras=lambda d: report.write_report(ev, d / "report"))
+    assert written.extras_error.startswith(f"no space left on device writing {tmp_path / 'm' / 'report' / 'report.html'}")
+    assert not (tmp_path / "m" / "report").exists()

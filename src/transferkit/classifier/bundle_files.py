@@ -114,6 +114,9 @@ def _cause(exc: BaseException) -> str:
 
 def _failure(exc: BaseException, target: Path, tmp: Path | None = None, final: Path | None = None) -> str:
     """``"<cause> writing <file>"``, naming the file where it will be, not where it was being built."""
+    if isinstance(exc, TransferkitError):  # already one line naming the file, perhaps in the temp folder
+        text = str(exc)
+        return text.replace(str(tmp), str(final)) if tmp is not None and final is not None else text
     name = target
     filename = getattr(exc, "filename", None)
     if filename and tmp is not None and final is not None:

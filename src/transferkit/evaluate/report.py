@@ -19,12 +19,21 @@ from typing import Any
 import numpy as np
 
 from transferkit.core.atomic import atomic_write_bytes, save_figure_png
+from transferkit.core.errors import TransferkitError
+from transferkit.core.paths import describe_os_error
 
 log = logging.getLogger(__name__)
 
 
+def _write_failed(path: Path, exc: OSError) -> TransferkitError:
+    return TransferkitError(f"{describe_os_error(exc)} writing {path}; free some space or choose another --out")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:  # a full or read-only disk: the file and the cause, not a raw OSError
+        raise _write_failed(path, exc) from None
 
 
 def _figure_png(fig) -> bytes:
@@ -115,9 +124,11 @@ def _cached_png(cache_dir: Path | None, kind: str, inputs: Any, draw) -> bytes:
         pass
     data = draw()
     try:
-        _atomic_write(path, data)
-    except OSError as exc:
-        log.warning("could not cache %s (%s)", path, exc)
+        atomic_write_bytes(path, data)
+    except OSError as exc:  # an unusable cache costs a redraw next time: one warning per cache folder
+        from transferkit.core.paths import cache_unusable
+
+        cache_unusable(cache_dir, exc)
     return data
 
 
@@ -175,8 +186,11 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     from transferkit.classifier.bundle_files import write_folder_manifest
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_folder_manifest(out, REPORT_FILES)  # first: a run killed half-way still leaves only files it names
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_folder_manifest(out, REPORT_FILES)  # first: a run killed half-way still leaves only files it names
+    except OSError as exc:
+        raise _write_failed(out, exc) from None
     m = evaluation.metrics
     metrics_json = json.dumps(_json_safe({**m, "details": details or {}}), indent=2, sort_keys=True).encode()
     _atomic_write(out / "metrics.json", metrics_json)
@@ -222,7 +236,10 @@ def write_report(evaluation, out_dir: str | os.PathLike, *, title: str = "transf
     parts.append("</body></html>")
     path = out / "report.html"
     _atomic_write(path, "\n".join(parts).encode())
-    write_folder_manifest(out, REPORT_FILES)
+    try:
+        write_folder_manifest(out, REPORT_FILES)
+    except OSError as exc:
+        raise _write_failed(out, exc) from None
     log.info("wrote report %s", path)
     return path
 
