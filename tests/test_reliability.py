@@ -148,6 +148,7 @@ def test_a_feature_cache_that_fails_reports_itself_unavailable(tmp_path):
     assert not broken.available
     assert broken.get_many("k", ["a"]) == {} and broken.put_many("k", [("a", np.zeros(3, np.float32))]) == 0
     assert broken.info().feature_entries == 0
+    assert broken.clear() == 0  # `transferkit cache clear`: nothing there to clear, not a raw error
 
 
 # ------------------------------------------------------------------------------------------------
@@ -680,3 +681,15 @@ def test_a_report_that_cannot_be_written_names_the_file_and_the_cause(tmp_path, 
     written = _write(tmp_path / "m", spec, extras=lambda d: report.write_report(ev, d / "report"))
     assert written.extras_error.startswith(f"no space left on device writing {tmp_path / 'm' / 'report' / 'report.html'}")
     assert not (tmp_path / "m" / "report").exists()
+
+
+def test_every_export_removes_what_killed_exports_left(tmp_path, tiny_backbone):
+    from transferkit.features.engines import export_onnx
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    stale = folder / ".g.onnx.old.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    export_onnx(tiny_backbone, folder / "g.onnx")
+    assert not stale.exists() and (folder / "g.onnx").is_file()

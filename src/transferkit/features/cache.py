@@ -32,7 +32,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from transferkit.backbones.weights import sha256_of_bytes
-from transferkit.core.paths import CACHE_ERRORS, cache_root, cache_unusable
+from transferkit.core.errors import TransferkitError
+from transferkit.core.paths import CACHE_ERRORS, cache_root, cache_unusable, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +247,16 @@ class FeatureCache:
 
     def clear(self) -> int:
         """Delete everything transferkit cached in the directory; returns the bytes freed."""
+        if not self.directory.is_dir():
+            return 0  # nothing cached there (no folder, or a file in its place)
         size = self.info().size_bytes
         self.close()
         for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm") + DERIVED_FILES:
-            (self.directory / name).unlink(missing_ok=True)
+            try:
+                (self.directory / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise TransferkitError(f"cannot clear the cache folder {self.directory} ({describe_os_error(exc)} "
+                                       f"removing {name}); check its permissions") from None
         for folder in DERIVED_FOLDERS:
             shutil.rmtree(self.directory / folder, ignore_errors=True)
         # Downloaded or converted datasets (datasets/) are kept: they are data, not derived results.

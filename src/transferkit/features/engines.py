@@ -197,6 +197,7 @@ def export_onnx(backbone: nn.Module, path: Path) -> Path:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_exports(path.parent)  # what killed exports left, whichever engine exports here
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
