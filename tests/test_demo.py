@@ -214,8 +214,8 @@ def test_the_printed_finetune_command_builds_the_demo_config(tiny_image_folder, 
         main(["train", str(tiny_image_folder), "--mode", "finetune", *flags, "--seed", "4", "--out", str(tmp_path / "m"), "--no-report"])
     expected = finetune_train_config(config, tiny_image_folder, tmp_path / "m")
     got = seen[0]
-    assert (got.mode, got.seed, got.backbone, got.weights, got.options) == (expected.mode, expected.seed, expected.backbone,
-                                                                             expected.weights, expected.options)
+    assert (got.mode, got.seed, got.backbone, got.weights, got.finetune, got.lr_candidates) == (
+        expected.mode, expected.seed, expected.backbone, expected.weights, expected.finetune, expected.lr_candidates)
 
 
 def test_attack_prefers_a_dog_photo_from_the_dataset(tmp_path):

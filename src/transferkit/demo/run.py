@@ -273,7 +273,11 @@ def finetune_train_config(config: DemoConfig, data_path: str | Path, out_dir: st
     """The TrainConfig of the fine-tuning step, the one `transferkit train DATA --mode finetune ...` builds."""
     from dataclasses import replace
 
-    return replace(transfer_train_config(config, data_path, out_dir), mode="finetune", options=finetune_options(config))
+    from transferkit.pipeline.train import finetune_recipe
+
+    options = finetune_options(config)
+    return replace(transfer_train_config(config, data_path, out_dir), mode="finetune", finetune=finetune_recipe("finetune", **options),
+                   lr_candidates=(options["lr"],))
 
 
 def _forward_seconds_per_image(ctx: _Context, batch: int = 8) -> float:
@@ -463,7 +467,7 @@ def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
     if ctx.transfer is None:
         step.status, step.message = "skipped", "needs the transfer step's model"
         return
-    model = ctx.transfer.model.eval()
+    model = ctx.transfer.model.network().eval()
     s = ctx.imageset
     split = s.split or ["test"] * len(s)
     pool = [i for i in range(len(s)) if split[i] == "test"] or list(range(len(s)))
