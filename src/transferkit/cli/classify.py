@@ -57,7 +57,7 @@ def _print_as_they_come(results) -> bool:
             output.error_line(f"{escape(r.path)}: {escape(r.error)}")
             continue
         any_ok = True
-        output.info(escape(r.path))
+        output.line(escape(r.path))
         for rank, (_, label, p) in enumerate(r.top, 1):
             output.info(f"  {rank:>3}  {p:.4f}  {label}")
     return any_ok

@@ -38,6 +38,11 @@ def info(message: str) -> None:
     console.print(message, highlight=False)
 
 
+def line(message: str) -> None:
+    """One line on stdout, never wrapped (paths stay copyable whatever the terminal's width)."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
