@@ -206,3 +206,25 @@ def test_serve_resolves_a_bundle_by_exporting_it_once(tmp_path, tiny_backbone):
     assert load_runtime(tmp_path / "b").class_names == ["x", "y"]
     with pytest.raises(ServeError, match="neither an exported .onnx file nor a bundle"):
         onnx_for(tmp_path)
+
+
+_SERVE_NO_TORCH = """
+import sys
+from fastapi.testclient import TestClient
+from transferkit.serve import create_app, load_runtime
+client = TestClient(create_app(load_runtime(sys.argv[1])))
+with open(sys.argv[2], "rb") as f:
+    assert client.post("/v1/predict", files={"files": ("a.jpg", f, "image/jpeg")}).status_code == 200
+print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))))
+"""
+
+
+def test_serving_an_exported_file_never_imports_torch(exported, tiny_image_folder):
+    import subprocess
+    import sys
+
+    photo = sorted(tiny_image_folder.rglob("*.jpg"))[0]
+    proc = subprocess.run([sys.executable, "-c", _SERVE_NO_TORCH, str(exported), str(photo)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

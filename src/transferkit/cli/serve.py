@@ -20,7 +20,9 @@ def serve(
 ) -> None:
     """Serve a model: POST /v1/predict, GET /v1/model, GET /healthz, /docs, and a web page at /."""
     from transferkit.serve import Limits, create_app, load_runtime, run_server
+    from transferkit.serve.model import check_address
 
+    check_address(host, port)
     runtime = load_runtime(model, threads=threads or None)
     app = create_app(runtime, Limits(max_bytes=max_bytes, max_pixels=max_pixels, max_files=max_files))
     shown = f"[{host}]" if ":" in host else host

@@ -32,11 +32,11 @@ def onnx_for(model: str | os.PathLike) -> Path:
         ServeError: ``model`` is neither an ``.onnx`` file nor a bundle folder.
         ExportError, BundleError: the bundle cannot be exported.
     """
-    from transferkit.classifier.export import bundle_sha256, export_model
-
     path = Path(model)
     if path.is_file():
-        return path
+        return path  # an exported file: serving it needs no torch
+    from transferkit.classifier.export import bundle_sha256, export_model
+
     if not (path / "bundle.json").is_file():
         raise ServeError(f"{path} is neither an exported .onnx file nor a bundle folder; pass `transferkit train --out` "
                          "output or a `transferkit export` file")
@@ -58,11 +58,16 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000) -> None:
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines; there is no authentication", host)
-    _check_address(host, port)
+    check_address(host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-def _check_address(host: str, port: int) -> None:
+def check_address(host: str, port: int) -> None:
+    """Fail now, with one line, when ``host:port`` cannot be listened on (in use, no such address).
+
+    Raises:
+        ServeError: the address cannot be bound.
+    """
     import socket
 
     try:
