@@ -17,6 +17,7 @@ def serve(
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="largest image, in pixels (decompression-bomb guard)"),
     max_files: int = typer.Option(16, "--max-files", min=1, help="most images in one request"),
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime threads (0: all cores)"),
+    max_concurrent: int = typer.Option(4, "--max-concurrent", min=1, help="requests decoded and classified at once (the rest queue)"),
 ) -> None:
     """Serve a model: POST /v1/predict, GET /v1/model, GET /healthz, /docs, and a web page at /."""
     from transferkit.serve import Limits, create_app, load_runtime, run_server
@@ -24,7 +25,7 @@ def serve(
 
     check_address(host, port)
     runtime = load_runtime(model, threads=threads or None)
-    app = create_app(runtime, Limits(max_bytes=max_bytes, max_pixels=max_pixels, max_files=max_files))
+    app = create_app(runtime, Limits(max_bytes=max_bytes, max_pixels=max_pixels, max_files=max_files, max_concurrent=max_concurrent))
     shown = f"[{host}]" if ":" in host else host
     output.info(f"serving {runtime.path} ({len(runtime.class_names)} classes, {runtime.metadata.get('precision')}) "
                 f"on http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")

@@ -184,18 +184,22 @@ class Runtime:
         """
         items = _as_list(inputs)
         results = [Prediction(_name(x, i)) for i, x in enumerate(items)]
+        for start in range(0, len(items), self.max_batch):  # decoded a batch at a time: memory stays bounded
+            self._predict_batch(items, results, range(start, min(start + self.max_batch, len(items))), top_k)
+        return results
+
+    def _predict_batch(self, items: list, results: list[Prediction], indices: range, top_k: int) -> None:
         good: list[int] = []
         batch: list[np.ndarray] = []
-        for i, x in enumerate(items):
+        for i in indices:
             try:
-                batch.append(self.preprocess(x))
+                batch.append(self.preprocess(items[i]))
                 good.append(i)
             except ImageInputError as exc:
                 results[i].error = str(exc)
         if good:
             for i, top in zip(good, self.top(self.run(np.stack(batch)), top_k)):
                 results[i].top = top
-        return results
 
 
 def _as_list(inputs) -> list:

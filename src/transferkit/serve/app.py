@@ -6,13 +6,14 @@ Routes: ``POST /v1/predict`` (multipart, one or several images in fields named `
 "code": ...}``: a request body over ``max_bytes`` 413, a file with more than ``max_pixels`` 413,
 too many files 413, a part whose content type is not an image 415, a request that is not
 multipart 415, an empty, truncated or undecodable file 400. Decoding and inference run in a
-thread pool, so one slow request never holds up the others (the ONNX Runtime session is shared:
-it is thread-safe).
+thread pool, up to ``max_concurrent`` requests at once, so one slow request never holds up the
+others (the ONNX Runtime session is shared: it is thread-safe) and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,12 +40,15 @@ class Limits:
         max_pixels: pixels of one image, before any resizing (decompression-bomb guard).
         max_files: images in one request.
         max_top_k: the largest ``top_k`` a client may ask for.
+        max_concurrent: requests decoded and classified at the same time (threads); the others wait
+            their turn, so memory stays bounded however many clients connect.
     """
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_files: int = 16
     max_top_k: int = 100
+    max_concurrent: int = 4
 
 
 class UploadRejected(Exception):
@@ -128,7 +132,12 @@ def _uploads(form, limits: Limits) -> list[UploadFile]:
     return uploads
 
 
-def _classify(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
+def _classify(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int, workers: threading.BoundedSemaphore) -> list[dict[str, Any]]:
+    with workers:  # a pool thread waits here while max_concurrent others decode and classify
+        return _classify_now(runtime, blobs, top_k)
+
+
+def _classify_now(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
     import numpy as np
 
     pixels = []
@@ -147,7 +156,7 @@ def _classify(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int) -> l
     return [{"filename": name, "top": [{"label": c, "probability": p} for c, p in top]} for (name, _), top in zip(blobs, tops)]
 
 
-async def _predict(request: Request, runtime: Runtime, limits: Limits) -> JSONResponse:
+async def _predict(request: Request, runtime: Runtime, limits: Limits, workers: threading.BoundedSemaphore) -> JSONResponse:
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise UploadRejected(415, "not_multipart", f"content type {ctype or 'none'!r}; send multipart/form-data with 'files' fields")
@@ -166,7 +175,7 @@ async def _predict(request: Request, runtime: Runtime, limits: Limits) -> JSONRe
         blobs = [(u.filename or f"file {i}", await u.read()) for i, u in enumerate(uploads)]
     finally:
         await form.close()
-    results = await run_in_threadpool(_classify, runtime, blobs, top_k)
+    results = await run_in_threadpool(_classify, runtime, blobs, top_k, workers)
     return JSONResponse({"model": runtime.path.name, "results": results})
 
 
@@ -196,6 +205,7 @@ def create_app(runtime: Runtime, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="transferkit classifier", version=str(runtime.metadata.get("toolkit_version", "")),
                   description=f"Image classifier over {len(runtime.class_names)} classes exported by transferkit.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
+    workers = threading.BoundedSemaphore(max(1, limits.max_concurrent))
 
     @app.exception_handler(UploadRejected)
     async def _rejected(_request: Request, exc: UploadRejected) -> JSONResponse:
@@ -204,7 +214,7 @@ def create_app(runtime: Runtime, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/v1/predict", summary="Classify one or several uploaded images", openapi_extra=_PREDICT_DOC)
     async def predict(request: Request) -> JSONResponse:
-        return await _predict(request, runtime, limits)
+        return await _predict(request, runtime, limits, workers)
 
     @app.get("/v1/model", summary="The model: classes, backbone, preprocessing, metrics, limits")
     async def model() -> dict[str, Any]:
