@@ -1,0 +1,1 @@
+"""A trained classifier: the model (``ClassifierModel``, ``TrainedModel``), bundle read/write, ImageNet classification, ONNX export."""
