@@ -693,3 +693,15 @@ def test_every_export_removes_what_killed_exports_left(tmp_path, tiny_backbone):
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     export_onnx(tiny_backbone, folder / "g.onnx")
     assert not stale.exists() and (folder / "g.onnx").is_file()
+
+
+def test_training_curves_are_in_their_folders_manifest(tmp_path):
+    from transferkit.classifier.bundle_files import read_folder_manifest
+    from transferkit.evaluate.report import training_curves_png
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.5, "val_acc": 0.4},
+               {"epoch": 2, "train_loss": 0.6, "val_loss": 0.9, "train_acc": 0.7, "val_acc": 0.6}]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    training_curves_png(history, tmp_path / "report" / "curves.png")
+    assert read_folder_manifest(tmp_path / "report") == {"curves.png"}

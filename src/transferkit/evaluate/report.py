@@ -262,4 +262,12 @@ def training_curves_png(history: list[dict], path: Path) -> Path:
         ax.set_ylabel(key)
         ax.legend()
     fig.tight_layout()
-    return save_figure_png(fig, path)
+    from transferkit.classifier.bundle_files import write_folder_manifest
+
+    path = Path(path)
+    try:
+        save_figure_png(fig, path)
+        write_folder_manifest(path.parent, [path.name])  # transferkit's, like the rest of the report folder
+    except OSError as exc:
+        raise _write_failed(path, exc) from None
+    return path
