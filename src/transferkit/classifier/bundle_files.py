@@ -212,9 +212,13 @@ def write_bundle_dir(
                 extras(tmp)
             except Exception as exc:  # noqa: BLE001 - only the extras failed: the bundle goes on without them
                 extras_error = _failure(exc, path, tmp, path)
-                for entry in list(tmp.iterdir()):
-                    if entry.name not in own:
-                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                for entry in list(tmp.iterdir()):  # no half report: only the weights stay
+                    if entry.name in own:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
         manifest = _write_step(path, lambda: _files_under(tmp))
         meta = {
             "format": BUNDLE_FORMAT,
