@@ -32,6 +32,21 @@ def _image_paths(folder: Path) -> list[Path]:
     return sorted(folder.glob("*/*.jpg"))
 
 
+def _cut_file(folder: Path) -> Path:
+    """A JPEG cut short (readable only with allow_truncated) whose content puts it in rank 1's shard."""
+    cut = folder.parent / "lenient" / "cut.jpg"
+    if not cut.exists():
+        from transferkit.backbones.weights import sha256_of_bytes
+
+        cut.parent.mkdir(exist_ok=True)
+        data = (folder / "class_1" / "img_0.jpg").read_bytes()
+        for keep in range(len(data) * 2 // 3, len(data) // 3, -7):
+            cut.write_bytes(data[:keep])
+            if shard_of(sha256_of_bytes(cut), 2) == 1:
+                break
+    return cut
+
+
 def ranked_run(folder: str, out: str) -> None:
     """What every rank runs: cached, warm-cached, uncached and uncached-everywhere extraction."""
     import torch
@@ -47,6 +62,9 @@ def ranked_run(folder: str, out: str) -> None:
     results = {
         "cached": extract_features_distributed(paths, bb, cache=True, batch_size=4, engine=ENGINE),
         "warm": extract_features_distributed(paths, bb, cache=True, batch_size=4, engine=ENGINE),
+        # A file read only under allow_truncated is never cached: its row travels to rank 0 instead.
+        "lenient": extract_features_distributed([*paths, _cut_file(Path(folder))], bb, cache=True, batch_size=4, engine=ENGINE,
+                                                decode_options={"allow_truncated": True}),
         "nocache": extract_features_distributed(paths, bb, cache=False, batch_size=4, engine=ENGINE),
         # Each rank its own cache, as on several machines: rows travel, rank 0 keeps them all.
         "pernode": extract_features_distributed(paths, bb, cache=FeatureCache(Path(out) / f"cache{rank}"), batch_size=4, engine=ENGINE),
@@ -94,6 +112,7 @@ def test_is_main_process_reads_torchrun_env_without_a_group(monkeypatch):
 
 def test_two_cpu_processes_match_one_process_bit_for_bit(tiny_image_folder, tiny_backbone, tmp_path):
     paths = _image_paths(tiny_image_folder)
+    cut = _cut_file(tiny_image_folder)
     script = tmp_path / "shard.py"
     script.write_text(_SCRIPT.format(tests_dir=str(Path(__file__).parent)))
     out = tmp_path / "out"
@@ -103,6 +122,7 @@ def test_two_cpu_processes_match_one_process_bit_for_bit(tiny_image_folder, tiny
                            str(tiny_image_folder), str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+    from transferkit.features.cache import FeatureCache
     from transferkit.features.extract import extract_features
 
     one = extract_features(paths, tiny_backbone, cache=False, batch_size=4, engine=ENGINE)
@@ -110,7 +130,7 @@ def test_two_cpu_processes_match_one_process_bit_for_bit(tiny_image_folder, tiny
     r0, r1 = np.load(out / "rank0.npz"), np.load(out / "rank1.npz")
     m0, m1 = json.loads((out / "rank0.json").read_text()), json.loads((out / "rank1.json").read_text())
     assert m0["world"] == m1["world"] == 2 and m0["main"] and not m1["main"]
-    for name in ("cached", "warm", "nocache", "pernode", "everywhere"):
+    for name in ("cached", "warm", "nocache", "pernode", "everywhere"):  # "lenient" has one more image: below
         assert np.array_equal(r0[f"{name}_X"], one.X, equal_nan=True), name
         assert np.array_equal(r0[f"{name}_ok"], one.ok), name
         assert m0[name]["errors"] == one.errors, name
@@ -122,6 +142,10 @@ def test_two_cpu_processes_match_one_process_bit_for_bit(tiny_image_folder, tiny
     assert m0["cached"]["stats"]["computed"] == 18 and m0["cached"]["stats"]["shared_cache"]
     assert m0["cached"]["stats"]["gathered_rows"] == 0  # rank 0 read rank 1's rows from the cache
     assert m0["warm"]["stats"]["computed"] == 0 and m0["warm"]["stats"]["cached"] == 18
+    lenient = extract_features([*paths, cut], tiny_backbone, cache=False, batch_size=4, engine=ENGINE, decode_options={"allow_truncated": True})
+    assert lenient.ok[-1] and np.array_equal(r0["lenient_X"], lenient.X, equal_nan=True) and m0["lenient"]["errors"] == lenient.errors
+    assert m0["lenient"]["stats"]["computed"] == 1 and m0["lenient"]["stats"]["gathered_rows"] == 1  # rank 1 sent the cut file's row
+    assert FeatureCache().info().feature_entries == 18  # ... and nobody cached it
     assert m0["nocache"]["stats"]["computed"] == 18 and not m0["nocache"]["stats"]["shared_cache"]
     # Without a cache, rank 1's decodable rows travelled over torch.distributed.
     from transferkit.backbones.weights import sha256_of_bytes
@@ -129,7 +153,5 @@ def test_two_cpu_processes_match_one_process_bit_for_bit(tiny_image_folder, tiny
     broken_on_1 = shard_of(sha256_of_bytes(tiny_image_folder / "class_0" / "broken.jpg"), 2) == 1
     assert m0["nocache"]["stats"]["gathered_rows"] == m0["nocache"]["stats"]["shards"][1] - broken_on_1
     assert not m0["pernode"]["stats"]["shared_cache"] and m0["pernode"]["stats"]["computed"] == 18
-    from transferkit.features.cache import FeatureCache
-
     assert FeatureCache(out / "cache0").info().feature_entries == 18  # a later one-machine run there is warm
     assert FeatureCache(out / "cache1").info().feature_entries == m0["pernode"]["stats"]["shards"][1] - broken_on_1
