@@ -97,19 +97,29 @@ def train(
         finetune=finetune_recipe(mode, device, **given) if mode != "probe" and given else None,
         lr_candidates=(lr,) if lr is not None and mode != "probe" else None, tta=tta if mode != "probe" else "none",
     )
+    from transferkit.features.distributed import is_main_process
+
+    if not is_main_process():  # another rank of a torchrun job: it shares the work, rank 0 reports
+        run_train(config)
+        return
     with extraction_progress() as progress:
         result = run_train(config, progress=progress)
     if result.unused:
         output.warn(result.unused.summary())
     if fmt == "json":
         output.print_json({"bundle": str(result.bundle_path) if result.bundle_path else None,
-                           "report": str(result.report_path) if result.report_path else None, "metrics": result.metrics})
+                           "report": str(result.report_path) if result.report_path else None,
+                           "report_error": result.report_error or None, "metrics": result.metrics})
+        if result.report_error:
+            output.warn(f"the bundle was saved but its report was not: {result.report_error}")
         return
     output.print_table(f"trained {backbone} ({mode})", ("", ""), _result_rows(result))
     if result.bundle_path:
         output.info(f"model bundle: {result.bundle_path}")
     if result.report_path:
         output.info(f"report: {result.report_path}")
+    if result.report_error:
+        output.warn(f"the bundle was saved but its report was not: {result.report_error}")
 
 
 def _result_rows(result) -> list[tuple[str, str]]:

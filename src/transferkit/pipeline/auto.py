@@ -99,8 +99,9 @@ def _as_candidate(tuned: TrainResult) -> Candidate:
                      val_loss=row.get("val_loss", float("nan")), seconds=round(tuned.timings.get("finetune", 0.0), 2))
 
 
-def train_auto(config: TrainConfig, *, imageset=None, **kwargs) -> TrainResult:
+def train_auto(config: TrainConfig, *, imageset=None, **kwargs) -> TrainResult | None:
     """``--mode auto``: probe or fine-tune by :func:`choose_mode`; the probe wins unless a fine-tuned epoch beats it on validation."""
+    from transferkit.features.distributed import barrier, is_main_process
     from transferkit.pipeline.data import load_config_imageset
     from transferkit.pipeline.outputs import write_outputs
     from transferkit.pipeline.probe import _data_name, train_probe
@@ -111,19 +112,27 @@ def train_auto(config: TrainConfig, *, imageset=None, **kwargs) -> TrainResult:
     probe_config = dataclasses.replace(config, mode="probe")
     if mode == "probe":
         result = train_probe(probe_config, imageset=imageset, **kwargs)
-        result.auto = AutoChoice(mode, reason)
+        if result is not None:
+            result.auto = AutoChoice(mode, reason)
         return result
     base = config.finetune or auto_finetune_config(config.device or "auto")
     lrs = config.lr_candidates or auto_lr_candidates(base)
     tuned = train_finetune(config, imageset=imageset, base=base, lrs=lrs, write=False, **kwargs)
-    if tuned.finetune.best_epoch != 0:
+    if tuned.finetune.best_epoch != 0:  # the same on every rank: validation metrics are all-reduced
+        if not is_main_process():
+            barrier()
+            return None
         tuned.auto = AutoChoice(mode, reason)
-        return write_outputs(tuned, data_name=_data_name(config), kind="fine-tuned")
+        result = write_outputs(tuned, data_name=_data_name(config), kind="fine-tuned")
+        barrier()
+        return result
     # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
     # on every training image (the fine-tune may have held some out to choose its setting).
     reason = f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted on all training images instead"
     log.info("--mode auto: %s", reason)
     result = train_probe(probe_config, imageset=imageset, **kwargs)
+    if result is None:
+        return None
     tried = [dataclasses.replace(c, chosen=False) for c in tuned.finetune.candidates] or [_as_candidate(tuned)]
     result.auto = AutoChoice("probe", reason, tried=tried, tried_seconds=tuned.timings.get("finetune", 0.0))
     result.timings["auto_finetune_tried"] = result.auto.tried_seconds

@@ -112,18 +112,22 @@ def _split_parts(config: TrainConfig, data, lrs):
 
 
 def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progress=None, base: FinetuneConfig | None = None,
-                   lrs: tuple[float, ...] | None = None, write: bool = True) -> TrainResult:
+                   lrs: tuple[float, ...] | None = None, write: bool = True) -> TrainResult | None:
     """Fine-tune as ``config`` says; evaluate on the held-out split; save the bundle (backbone included) and report.
 
     Args:
         base: fine-tuning settings when ``config.finetune`` is ``None`` (``--mode auto`` passes its recipe).
         lrs: learning rates to compare on validation (default: ``config.lr_candidates``, else the config's lr).
         write: save the bundle and report (``--mode auto`` saves only the run it keeps).
+
+    Under torchrun every rank trains (DDP); rank 0 alone evaluates and saves, and the other ranks
+    return ``None`` (with ``write=False``: the result without an evaluation).
     """
     from transferkit.classifier.trained import TrainedModel
     from transferkit.data.unused import UnusedFiles
     from transferkit.evaluate.metrics import evaluate_probabilities
     from transferkit.evaluate.tta import predict_proba
+    from transferkit.features.distributed import barrier, is_main_process
     from transferkit.pipeline.data import load_split
     from transferkit.pipeline.outputs import write_outputs
     from transferkit.pipeline.probe import _data_name, build_backbone, timed
@@ -140,6 +144,7 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
         raise DataError("the split left no training images; lower --val/--test")
     with timed(timings, "finetune"):
         fit, ft_cfg, table = finetune_candidates(train, val, ft_cfg, lrs, backbone=backbone)
+    main = is_main_process()
     summary = FinetuneSummary(config=ft_cfg, history=fit.history, best_epoch=fit.best_epoch, strategy=fit.strategy, device=fit.device,
                               world_size=fit.world_size, timings=fit.timings, candidates=table,
                               chosen_on=(f"{len(val)} images held out of the training split" if carved else f"the {len(val)} validation images")
@@ -148,6 +153,11 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
                          unused=UnusedFiles.collect(data.report), timings=timings,
                          images={"train": len(train), "val": len(val) if val is not None else 0, "test": len(test) if test is not None else 0})
     held_out, part = ("test", test) if test is not None and len(test) else ("val", val) if val is not None and len(val) else ("", None)
+    if not main:  # another rank of a torchrun job: rank 0 evaluates and saves
+        if write:
+            barrier()
+            return None
+        return result
     if held_out:
         with timed(timings, "evaluate"):
             probs = predict_proba(fit.model, part, tta=config.tta)
@@ -158,7 +168,11 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
                                  "keep a --test split for an unbiased number")
     if result.unused:
         log.warning("%s", result.unused.summary())
-    return write_outputs(result, data_name=_data_name(config), kind="fine-tuned") if write else result
+    if not write:
+        return result
+    result = write_outputs(result, data_name=_data_name(config), kind="fine-tuned")
+    barrier()
+    return result
 
 
 __all__ = ["finetune_candidates", "finetune_config_for", "train_finetune"]

@@ -41,19 +41,31 @@ def _report_writer(result: TrainResult, title: str):
 
 
 def write_outputs(result: TrainResult, *, data_name: str, kind: str) -> TrainResult:
-    """Save ``result``'s bundle (and report, when asked for and there is a held-out split) under ``config.out``."""
+    """Save ``result``'s bundle under ``config.out``, its report (when asked for and there is a held-out
+    split) built inside it, so both appear in one rename. A report that fails leaves the bundle in
+    place and ``result.report_error`` says why."""
     config = result.config
     if not config.out:
         return result
-    t = time.perf_counter()
-    result.bundle_path = result.model.save(config.out, metrics=result.metrics, config=config.to_dict())
-    result.timings["save"] = time.perf_counter() - t
+    write_report = None
     if config.report and result.evaluation is not None:
-        t = time.perf_counter()
-        title = f"{data_name}: {config.backbone} {kind} ({result.split} split)"
-        result.report_path = _report_writer(result, title)(Path(config.out) / REPORT_DIR)
-        result.timings["report"] = time.perf_counter() - t
+        report_writer = _report_writer(result, f"{data_name}: {config.backbone} {kind} ({result.split} split)")
+
+        def write_report(folder: Path) -> Path:
+            t = time.perf_counter()
+            try:
+                return report_writer(folder / REPORT_DIR)
+            finally:
+                result.timings["report"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    bundle = result.model.save(config.out, metrics=result.metrics, config=config.to_dict(), extras=write_report)
+    result.timings["save"] = time.perf_counter() - t - result.timings.get("report", 0.0)
+    result.bundle_path = Path(bundle)
+    if write_report is not None:
+        error = getattr(bundle, "extras_error", None)
+        if error:
+            result.report_error = str(error)
+        else:
+            result.report_path = result.bundle_path / REPORT_DIR / "report.html"
     return result
-
-
-__all__ = ["REPORT_DIR", "write_outputs"]

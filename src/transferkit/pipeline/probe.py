@@ -54,10 +54,16 @@ def _remembered_features(config: TrainConfig, paths, cache):
 
 
 def probe_features(config: TrainConfig, data, cache, backbone, progress, timings):
-    """``(features, spec, backbone or None)`` for every image of ``data``."""
+    """``(features, spec, backbone or None)`` for every image of ``data``.
+
+    Under torchrun the extraction is sharded across the ranks; rank 0 gets every image's features,
+    the other ranks ``None`` for the features.
+    """
+    from transferkit.features.distributed import world
     from transferkit.pipeline import memo
 
-    if backbone is None and cache is not None:
+    distributed = world().enabled
+    if backbone is None and cache is not None and not distributed:  # the warm shortcut would desync ranks
         with timed(timings, "features"):
             warm = _remembered_features(config, data.paths, cache)
         if warm is not None:
@@ -65,14 +71,16 @@ def probe_features(config: TrainConfig, data, cache, backbone, progress, timings
                 progress(len(data.paths), len(data.paths))
             timings["backbone"] = 0.0
             return warm[0], warm[1], None
-    from transferkit.features.extract import extract_features, model_cache_key
+    from transferkit.features.distributed import extract_features_distributed
+    from transferkit.features.extract import model_cache_key
 
     with timed(timings, "backbone"):
         backbone = backbone if backbone is not None else build_backbone(config)
     with timed(timings, "features"):
-        feats = extract_features(data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
-                                 workers=config.workers, progress=progress, device=config.device, decode_options=data.decode_options)
-    if cache is not None and backbone.spec.is_pretrained:
+        feats = extract_features_distributed(data.paths, backbone, engine=config.engine, batch_size=config.batch_size, cache=cache,
+                                             workers=config.workers, progress=progress, device=config.device,
+                                             decode_options=data.decode_options)
+    if feats is not None and cache is not None and backbone.spec.is_pretrained:
         memo.remember_backbone(cache.directory, config.backbone, config.weights, config.image_size, config.seed,
                                backbone.spec, feats.model_key or model_cache_key(backbone))
     return feats, backbone.spec, backbone
@@ -144,7 +152,7 @@ def _head_digest(head: HeadWeights) -> str:
 
 
 def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
-                progress: Callable[[int, int], None] | None = None) -> TrainResult:
+                progress: Callable[[int, int], None] | None = None) -> TrainResult | None:
     """Fit a head on frozen features of ``config.backbone``; evaluate on the held-out split; save.
 
     Args:
@@ -153,10 +161,15 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         backbone: a PixelModel to use instead of building ``config.backbone``.
         progress: ``progress(done, total)`` during feature extraction.
 
+    Returns:
+        The result; ``None`` on the ranks other than 0 of a torchrun job (rank 0 alone fits,
+        evaluates and saves).
+
     Raises:
         DataError: no images, or a split without training images of at least 2 classes.
     """
     from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.features.distributed import barrier
     from transferkit.features.cache import FeatureCache
 
     timings: dict[str, float] = {}
@@ -164,6 +177,9 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         data = load_split(config, imageset)
     cache = FeatureCache() if config.cache else None
     feats, spec, backbone = probe_features(config, data, cache, backbone, progress, timings)
+    if feats is None:  # another rank of a torchrun job: its shard is done; rank 0 fits, evaluates, saves
+        barrier()
+        return None
     split = np.asarray(data.split)
     idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
     if len(idx["train"]) == 0:
@@ -188,7 +204,9 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         log.warning("%s", result.unused.summary())
     from transferkit.pipeline.outputs import write_outputs
 
-    return write_outputs(result, data_name=_data_name(config), kind="probe")
+    result = write_outputs(result, data_name=_data_name(config), kind="probe")
+    barrier()  # under torchrun: the other ranks wait until the bundle is written
+    return result
 
 
 def _trained_model(spec, head: HeadWeights, class_names, backbone) -> TrainedModel:

@@ -100,6 +100,7 @@ class TrainResult:
         from_cache: what a warm rerun took from the caches (``"features"``, ``"head"``, ``"probabilities"``).
         timings: seconds per stage.
         bundle_path, report_path: what was written (``None`` when not).
+        report_error: why the report could not be written (the bundle was kept).
         split_note: a caveat about the held-out number.
     """
 
@@ -117,6 +118,7 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     bundle_path: Path | None = None
     report_path: Path | None = None
+    report_error: str = ""
     split_note: str = ""
 
     @property

@@ -25,10 +25,12 @@ def finetune_recipe(mode: str, device: str | None = None, **overrides) -> Finetu
     return dataclasses.replace(FinetuneConfig(), **overrides)
 
 
-def train(config: TrainConfig, **kwargs) -> TrainResult:
+def train(config: TrainConfig, **kwargs) -> TrainResult | None:
     """Train a classifier as ``config.mode`` says: ``"probe"``, ``"finetune"`` or ``"auto"``.
 
-    Keyword arguments (``imageset``, ``backbone``, ``progress``) go to the mode's trainer.
+    Keyword arguments (``imageset``, ``backbone``, ``progress``) go to the mode's trainer. Under
+    ``torchrun`` every rank runs this: the work is shared (sharded extraction, DDP fine-tuning),
+    rank 0 alone evaluates and writes the bundle, and the other ranks get ``None``.
 
     Raises:
         TransferkitError: unknown mode, a bad ``out``, or whatever the chosen trainer raises.
