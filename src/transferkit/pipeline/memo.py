@@ -58,7 +58,7 @@ def _hash_array(h, name: str, a) -> None:
         return
     a = np.ascontiguousarray(a)
     h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-    h.update(a.tobytes())
+    h.update(memoryview(a).cast("B"))  # the array's own buffer: no copy of a large feature matrix
 
 
 def head_cache_key(X_train, y_train, X_val, y_val, *, head: str, options: dict[str, Any], num_classes: int) -> str:

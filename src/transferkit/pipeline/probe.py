@@ -94,17 +94,24 @@ def head_options(config: TrainConfig) -> dict:
     return options
 
 
+def _rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``a[index]``, without a copy when ``index`` is one contiguous run of rows (100k features are 500 MB)."""
+    if len(index) and index[-1] - index[0] + 1 == len(index):
+        return a[index[0] : index[-1] + 1]
+    return a[index]
+
+
 def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[HeadWeights, HeadSummary, bool]:
     """``(head weights, summary, served from cache)`` of the head fitted on the training rows (C chosen on validation rows)."""
     from transferkit.pipeline import memo
 
     options = head_options(config)
-    X_val = X[idx["val"]] if len(idx["val"]) else None
-    y_val = y[idx["val"]] if len(idx["val"]) else None
+    X_train, y_train = _rows(X, idx["train"]), _rows(y, idx["train"])
+    X_val = _rows(X, idx["val"]) if len(idx["val"]) else None
+    y_val = _rows(y, idx["val"]) if len(idx["val"]) else None
     key = None
     if cache is not None:
-        key = memo.head_cache_key(X[idx["train"]], y[idx["train"]], X_val, y_val, head=config.head, options=options,
-                                  num_classes=num_classes)
+        key = memo.head_cache_key(X_train, y_train, X_val, y_val, head=config.head, options=options, num_classes=num_classes)
         hit = memo.load_head(cache.directory, key)
         if hit is not None and hit[0].num_outputs == num_classes:
             return hit[0], HeadSummary(config.head, hit[1].get("C")), True
@@ -112,7 +119,7 @@ def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[H
 
     head = create_head(config.head, **options)
     try:
-        head.fit(X[idx["train"]], y[idx["train"]], X_val, y_val)
+        head.fit(X_train, y_train, X_val, y_val)
     except TransferkitError as exc:
         raise DataError(f"cannot fit the head: {exc}") from None
     weights = HeadWeights.from_module(head.expand_module(num_classes))
