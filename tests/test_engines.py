@@ -62,6 +62,7 @@ def test_no_cache_dir_writes_no_decision(tmp_path, tiny_backbone, monkeypatch):
     assert not choice.cached and not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.filterwarnings("ignore:falling back to the PyTorch engine")
 def test_an_unfaithful_candidate_is_rejected_however_fast(tmp_path, tiny_backbone, monkeypatch):
     real = engines_mod.build_engine
 
@@ -186,3 +187,24 @@ def test_engines_command_prints_the_measured_table(capsys):
     assert all("images_per_s" in c and "faithful" in c for c in out["candidates"])
     assert main(argv[:-2]) == 0  # the table; the second run reads the cached decision
     assert "cached decision" in capsys.readouterr().out
+
+
+def test_a_cached_decision_that_no_longer_builds_is_measured_again(tmp_path, tiny_backbone):
+    first = choose_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, budget_s=0.05)
+    path = next((tmp_path / "engines").glob("*.json"))
+    data = json.loads(path.read_text())
+    data["name"] = "an-engine-gone-since"  # e.g. its runtime was uninstalled with the same versions recorded
+    path.write_text(json.dumps(data))
+    engine = create_engine(tiny_backbone, "auto", cache_dir=tmp_path, device="cpu")
+    assert engine.name in {c.name for c in first.candidates}
+    assert json.loads(path.read_text())["name"] == engine.name  # the fresh decision replaced the stale one
+
+
+def test_the_tables_decision_serves_auto_and_not_the_other_way_round(tmp_path, tiny_backbone, monkeypatch):
+    counting = Counting(monkeypatch)
+    narrow = choose_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, budget_s=0.05)
+    full = choose_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, budget_s=0.05, include_all=True)
+    assert not full.cached or {c.name for c in full.candidates} == {c.name for c in narrow.candidates}
+    counting.built.clear()
+    again = choose_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, budget_s=0.05)
+    assert again.cached and counting.built == []

@@ -329,12 +329,12 @@ def _reason(chosen: Candidate, candidates: list[Candidate], precision_asked: str
     return "".join(parts)
 
 
-def decision_key(backbone, *, precision: str, device: str, include_all: bool, machine: dict, probe: np.ndarray) -> str:
+def decision_key(backbone, *, precision: str, device: str, machine: dict, probe: np.ndarray) -> str:
     from transferkit.features.engines import weights_digest
     from transferkit.features.preprocess import digest
 
     return digest({"v": SELECT_VERSION, "machine": machine, "spec": backbone.spec.cache_key_fields(),
-                   "weights": weights_digest(backbone), "precision": precision, "include_all": include_all,
+                   "weights": weights_digest(backbone), "precision": precision,
                    "probe": hashlib.sha256(probe.tobytes()).hexdigest(),
                    "rules": [FP32_REL_TOL, FP32_MIN_COSINE, REDUCED_MEDIAN_COSINE, REDUCED_MIN_COSINE, AUTO_MIN_COSINE]})
 
@@ -398,14 +398,18 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     machine = machine_description(device)
     pixels = probe_pixels(model.spec, PROBE_BATCH)
-    key = decision_key(model, precision=precision, device=device, include_all=include_all, machine=machine, probe=pixels)
+    key = decision_key(model, precision=precision, device=device, machine=machine, probe=pixels)
+    wanted = candidate_names(device, precision=precision, include_all=include_all, cpu=machine["cpu"])
     path = decision_path(cache_dir, model, key) if cache_dir is not None else None
     if not refresh and path is not None and path.is_file():
         try:
             choice = EngineChoice.from_dict(json.loads(path.read_text(encoding="utf-8")))
             choice.cached = True
-            log.info("engine (cached decision %s): %s", path.name, choice.reason)
-            return choice
+            # A decision measured with include_all serves everyone; one without it cannot fill the full table.
+            if {n for n, _ in wanted} <= {c.name for c in choice.candidates}:
+                log.info("engine (cached decision %s): %s", path.name, choice.reason)
+                return choice
+            log.info("cached engine decision %s did not measure every engine; measuring all", path.name)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("engine decision %s unreadable (%s); measuring again", path, exc)
 
@@ -414,7 +418,7 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     engines: dict = {}
     reference = ref_top1 = None
     stable = True  # a decision made while an engine failed for a passing reason is not cached
-    for name, prec in candidate_names(device, precision=precision, include_all=include_all, cpu=machine["cpu"]):
+    for name, prec in wanted:
         c = candidates[name] = Candidate(name, prec)
         module = "openvino" if name.startswith("openvino") else "onnxruntime" if name == "onnxruntime" else None
         if module is not None and not _importable(module):
