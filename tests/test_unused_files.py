@@ -57,3 +57,22 @@ def test_predict_streams_to_a_file_and_resumes_after_a_cut(tiny_image_folder, tm
     csv_out = tmp_path / "preds.csv"
     assert main(["predict", str(tmp_path / "m"), str(tiny_image_folder), "--out", str(csv_out), "--top-k", "2"]) == 0
     assert csv_out.read_text().splitlines()[0] == "path,rank,label,probability,error" and len(csv_out.read_text().splitlines()) == 37
+
+
+def test_no_cache_writes_nothing_under_the_cache_dir(tiny_image_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(cache))
+    assert main(["train", str(tiny_image_folder), "--backbone", "test_efficientnet", "--weights", "none", "--engine", "onnxruntime",
+                 "--out", str(tmp_path / "m"), "--no-cache"]) == 0
+    assert not cache.exists() or not any(cache.rglob("*"))
+
+
+def test_a_cache_path_that_is_a_file_gives_one_warning_and_the_run_goes_on(tiny_image_folder, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("a file, not a folder")
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(cache))
+    assert main(["train", str(tiny_image_folder), "--backbone", "test_efficientnet", "--weights", "none", "--engine", "onnxruntime",
+                 "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"cache folder {cache}") == 1 and "TRANSFERKIT_CACHE_DIR" in err
+    assert (tmp_path / "m" / "bundle.json").is_file()

@@ -15,7 +15,7 @@ def load_config_imageset(config: TrainConfig, imageset=None):
     if imageset is None:
         if not config.data:
             raise DataError("no dataset given; pass a folder or CSV (transferkit train DATA)")
-        imageset = load_images(config.data, format=config.format)
+        imageset = load_images(config.data, format=config.format, cache=config.cache)
     if len(imageset) == 0:
         raise DataError(f"no usable images in {config.data}; check the path and `transferkit data inspect`")
     return imageset

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.classifier.trained import HeadWeights
+from transferkit.core.paths import cache_unusable
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _save_entry(cache_dir, key: str, arrays: dict[str, np.ndarray], meta: dict[s
             Path(tmp).unlink(missing_ok=True)
             raise
     except Exception as exc:  # noqa: BLE001 - a cache write must never fail training
-        log.warning("could not write the cache entry %s (%s)", path, exc)
+        cache_unusable(cache_dir, exc)
         return None
     return path
 
@@ -246,7 +247,7 @@ def remember_backbone(cache_dir, name: str, weights: str, image_size: int | None
             json.dump(memo, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("could not write the backbone memo %s (%s)", path, exc)
+        cache_unusable(cache_dir, exc)
 
 
 __all__ = ["head_cache_key", "load_head", "load_probs", "lookup_backbone", "probs_cache_key", "remember_backbone", "save_head", "save_probs"]

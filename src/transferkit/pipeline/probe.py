@@ -183,6 +183,8 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
     with timed(timings, "load_data"):
         data = load_split(config, imageset)
     cache = FeatureCache() if config.cache else None
+    if cache is not None and not cache.available:  # it warned once already; go on without it
+        cache = None
     feats, spec, backbone = probe_features(config, data, cache, backbone, progress, timings)
     if feats is None:  # another rank of a torchrun job: its shard is done; rank 0 fits, evaluates, saves
         barrier()
