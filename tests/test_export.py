@@ -98,8 +98,13 @@ def test_int8_export_is_measured_on_held_out_images(tmp_path, tiny_bundle, tiny_
     assert q["int8_bytes"] < q["fp32_bytes"]
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    graph = onnx.load(str(result.path)).graph
+    ops = {n.op_type for n in graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # The head keeps fp32 weights (its inputs after the features are not dequantised int8).
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    head = [n for n in graph.node if n.name.startswith("/head/")]
+    assert head and all(producers.get(i) != "DequantizeLinear" for n in head for i in n.input[1:])
 
 
 def test_int8_loss_over_the_threshold_is_refused_unless_forced(tmp_path, tiny_bundle, tiny_image_folder, monkeypatch):
