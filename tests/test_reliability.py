@@ -216,8 +216,6 @@ def test_a_temp_file_left_by_a_killed_export_is_cleaned_up_later(tiny_backbone):
     assert not stale.exists() and fresh.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the fallback lives in transferkit.features.select now, which still warns through "
-                   "warnings.warn and the log; its owner makes it one log warning")
 def test_falling_back_to_the_torch_engine_warns_once_without_a_source_line(monkeypatch, caplog, tiny_backbone):
     from transferkit.features import engines
 

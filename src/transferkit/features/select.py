@@ -38,7 +38,6 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -448,7 +447,6 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     failed = [c for c in candidates.values() if c.name in _GRAPH_ENGINES and c.note.startswith(("failed", "differs"))]
     if chosen.name.startswith("torch") and failed and device == "cpu":
         msg = "falling back to the PyTorch engine: " + "; ".join(f"{c.name} {c.note}" for c in failed)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
         log.warning(msg)
     choice = EngineChoice(chosen.name, chosen.precision, reason, list(candidates.values()), key, machine,
                           precision_asked=precision, seconds=round(time.perf_counter() - t0, 2))
