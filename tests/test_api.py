@@ -77,3 +77,20 @@ def test_dream_attack_and_featuremaps_take_the_classifier(tiny_image_folder, tmp
     assert grown.side_by_side().shape == (32, 72, 3) and grown.save_png(tmp_path / "d.png").is_file()
     report = tk.attack(clf, photo, target="class_2", eps=8 / 255, steps=2, out=tmp_path / "adv")
     assert report.target == "class_2" and report.files.adversarial.is_file() and report.files.perturbation.is_file()
+
+
+def test_report_and_attack_plots_leave_the_matplotlib_backend_alone(tiny_image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import matplotlib
+matplotlib.use("svg")
+import transferkit as tk
+clf = tk.Classifier("test_efficientnet", mode="probe", weights="none", image_size=32, engine="torch", cache=False).fit({str(tiny_image_folder)!r})
+clf.evaluate({str(tiny_image_folder)!r}).write_report({str(tmp_path / "ev")!r})
+print(matplotlib.get_backend())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "svg"

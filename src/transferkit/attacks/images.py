@@ -93,9 +93,6 @@ def save_attack_figure(
         caption: the figure's title line (attack settings and image-quality numbers).
         path: where to write it (atomically).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     from transferkit.core.atomic import save_figure_png

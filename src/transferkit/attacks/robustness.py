@@ -152,9 +152,6 @@ def robustness_curve(
 
 def plot_robustness(curves: Sequence[RobustnessCurve], path, *, title: str = "") -> None:
     """Write accuracy against eps (one line per curve) to ``path`` (PNG), via matplotlib's Agg."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=120)

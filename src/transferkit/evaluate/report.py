@@ -39,22 +39,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return buf.getvalue()
 
 
 def confusion_matrix_png(confusion: np.ndarray, class_names: list[str]) -> bytes:
     """The confusion matrix as a PNG (rows true, columns predicted; counts in the cells)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A pyplot-free Figure: no global backend switch (a notebook keeps its inline plots), nothing to close.
+    from matplotlib.figure import Figure
 
     k = len(class_names)
     side = min(14.0, 2.5 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     row_sums = confusion.sum(axis=1, keepdims=True)
     norm = np.divide(confusion, row_sums, out=np.zeros_like(confusion, dtype=float), where=row_sums > 0)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -74,12 +70,10 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: list[str]) -> bytes
 
 def calibration_png(table: list[dict], ece: float) -> bytes:
     """Reliability diagram: accuracy against confidence per bin."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     if table:
         mids = [(b["lo"] + b["hi"]) / 2 for b in table]
