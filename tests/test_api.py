@@ -94,3 +94,22 @@ print(matplotlib.get_backend())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "svg"
+
+
+def test_classify_and_backbone_names_with_options(tiny_image_folder):
+    results = tk.classify(tiny_image_folder / "class_0", "test_efficientnet", top_k=2, weights="none", image_size=32)
+    assert len(results) == 6 and all(r.ok and len(r.top) == 2 for r in results)
+    maps = tk.featuremaps("test_efficientnet", sorted(tiny_image_folder.rglob("*.jpg"))[0], layer=1, channels=2,
+                          weights="none", image_size=32)
+    assert len(maps.channels) == 2
+
+
+def test_loading_a_fine_tuned_bundle_does_not_warn_about_random_weights(tiny_image_folder, tmp_path, caplog):
+    cfg = tk.FinetuneConfig(epochs=1, head_epochs=0, strategy="cached", unfreeze=1, batch_size=4)
+    clf = tk.Classifier("test_efficientnet", mode="finetune", weights="none", image_size=32, finetune=cfg, cache=False).fit(tiny_image_folder)
+    clf.save(tmp_path / "ft")
+    caplog.clear()  # fit itself warns, rightly: it asked for random weights
+    with caplog.at_level("WARNING"):
+        again = tk.Classifier.load(tmp_path / "ft")
+    assert again.model_.backbone_state is not None
+    assert not [r for r in caplog.records if "random weights" in r.getMessage()]

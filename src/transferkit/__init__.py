@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Classifier": "transferkit.api", "NotFittedError": "transferkit.api", "attack": "transferkit.api",
-    "dream": "transferkit.api", "featuremaps": "transferkit.api",
+    "dream": "transferkit.api", "featuremaps": "transferkit.api", "classify": "transferkit.api",
     "TrainConfig": "transferkit.pipeline.config", "FinetuneConfig": "transferkit.finetune.config",
     "load_images": "transferkit.data", "create_backbone": "transferkit.backbones",
 }

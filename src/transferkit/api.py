@@ -225,18 +225,31 @@ def _predict_in_memory(network, image, name: str, top_k: int):
     return Prediction(name, [(network.class_names[j], float(probs[j])) for j in order])
 
 
-def _model_of(model):
-    """The ``nn.Module`` of a :class:`Classifier`, a backbone name, or a module as given."""
+def _model_of(model, **backbone_options):
+    """The ``nn.Module`` of a :class:`Classifier`, a backbone name (built with ``backbone_options``:
+    weights, image_size, ...), or a module as given."""
     if isinstance(model, Classifier):
         return model.network
     if isinstance(model, str):
         from transferkit.backbones import create_backbone
 
-        return create_backbone(model)
+        return create_backbone(model, **backbone_options)
     return model
 
 
-def dream(model, target: str | int, *, compare: bool = False, **settings):
+def classify(images, model="efficientnet_lite0", *, top_k: int = 5, **backbone_options):
+    """ImageNet labels for ``images`` (paths or folders) from a pretrained backbone's own head.
+
+    Returns one :class:`~transferkit.classifier.imagenet.Classification` per file (``.top``: index, label, probability).
+    """
+    from transferkit.classifier.imagenet import classify_images
+    from transferkit.data.files import list_image_files
+
+    items = images if isinstance(images, (list, tuple)) else [images]
+    return classify_images(list_image_files(items), _model_of(model, **backbone_options), top_k=top_k)
+
+
+def dream(model, target: str | int, *, compare: bool = False, backbone_options: dict | None = None, **settings):
     """An "ideal" image of class ``target`` (a class name or index) for ``model`` (:class:`Classifier`, backbone name or module).
 
     ``settings`` are :class:`~transferkit.explain.render.RenderConfig` fields (steps, size, tv_weight, seed, ...);
@@ -246,25 +259,26 @@ def dream(model, target: str | int, *, compare: bool = False, **settings):
     from transferkit.explain.dream import dream as grow
     from transferkit.explain.render import RenderConfig
 
-    return grow(_model_of(model), target, RenderConfig(**settings), compare=compare)
+    return grow(_model_of(model, **(backbone_options or {})), target, RenderConfig(**settings), compare=compare)
 
 
-def attack(model, image: str | os.PathLike, *, target: str | int | None = None, **options):
+def attack(model, image: str | os.PathLike, *, target: str | int | None = None, backbone_options: dict | None = None, **options):
     """Attack the photo ``image`` (towards ``target``, or away from the prediction); saves and re-checks the PNG.
 
-    ``options`` go to :func:`transferkit.attacks.attack_image_file` (method, eps, steps, out, ...).
+    ``options`` go to :func:`transferkit.attacks.attack_image_file` (method, eps, steps, out, ...);
+    ``backbone_options`` to ``create_backbone`` when ``model`` is a backbone name.
     """
     from transferkit.attacks.image_file import attack_image_file
 
-    return attack_image_file(_model_of(model), image, target=target, **options)
+    return attack_image_file(_model_of(model, **(backbone_options or {})), image, target=target, **options)
 
 
-def featuremaps(model, image, *, layer: str | int = 3, channels: int = 16):
+def featuremaps(model, image, *, layer: str | int = 3, channels: int = 16, **backbone_options):
     """The most active channels of ``layer`` for ``image`` (a path, PIL image or tensor in [0, 1])."""
     from transferkit.explain.featuremaps import extract_feature_maps, load_image_for
 
-    network = _model_of(model)
+    network = _model_of(model, **backbone_options)
     return extract_feature_maps(network, load_image_for(network, image), layer, channels=channels)
 
 
-__all__ = ["Classifier", "NotFittedError", "attack", "dream", "featuremaps"]
+__all__ = ["Classifier", "NotFittedError", "attack", "classify", "dream", "featuremaps"]

@@ -199,6 +199,7 @@ def create_backbone(
     num_classes: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    warn_random: bool = True,
 ):
     """Build a pretrained backbone that takes pixels in [0, 1].
 
@@ -211,6 +212,8 @@ def create_backbone(
             ``None`` keeps the pretrained head, ``0`` removes it.
         image_size: override the input size (defaults to the weights' own).
         seed: seed for any freshly initialised parameters.
+        warn_random: log a warning when the weights are random (off when the caller loads its
+            own weights on top, as a fine-tuned bundle does).
 
     Returns:
         A :class:`~transferkit.backbones.model.PixelModel` in eval mode whose ``spec`` records the
@@ -261,7 +264,7 @@ def create_backbone(
                 if cls_key in state_dict and state_dict[cls_key].shape[0] != net.num_classes:
                     net.reset_classifier(int(state_dict[cls_key].shape[0]))
                 load_into(net, state_dict, location)
-            else:
+            elif warn_random:
                 log.warning("backbone %s has random weights (weights='none' was asked for)", name)
         cfg = dict(net.pretrained_cfg)
         if num_classes is not None and num_classes != net.num_classes:

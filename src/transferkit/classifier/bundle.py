@@ -279,7 +279,7 @@ def rebuild_backbone(spec: BackboneSpec, backbone_state: dict[str, torch.Tensor]
 
     if backbone_state is not None:
         # Architecture only; the bundle's own weights are loaded strictly on top.
-        fresh = create_backbone(spec.name, weights="none", num_classes=spec.num_classes, image_size=spec.image_size)
+        fresh = create_backbone(spec.name, weights="none", num_classes=spec.num_classes, image_size=spec.image_size, warn_random=False)
         try:
             load_into(fresh.net, backbone_state, where)
         except TransferkitError as exc:
