@@ -87,7 +87,7 @@ def main() -> None:
         clean_pred = model(x).argmax(1)
     fgsm_rows = []
     for name, goal, targeted in (("targeted", target, True), ("untargeted", clean_pred, False)):
-        def ta_fgsm(inp):
+        def ta_fgsm(inp, targeted=targeted, goal=goal):
             a = torchattacks.FGSM(model, eps=eps)
             if targeted:
                 a.set_mode_targeted_by_label(quiet=True)
@@ -101,8 +101,10 @@ def main() -> None:
         fgsm_rows.append((name, float((ours_nhwc - ref_nhwc).abs().max()), float((ours_nchw - ref_nchw).abs().max()), int((d_mixed > 1e-6).sum())))
 
     med = {k: statistics.median(v) / n for k, v in times.items()}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores shared with other helpers' jobs; torch {torch.__version__}, {torch.get_num_threads()} threads; torchattacks {torchattacks.__version__}")
-    print(f"EfficientNet-Lite0 224 px, {n} dog photos in one batch, targeted -> tabby, eps 4/255, alpha 1/255, {steps} steps, no random start; {args.rounds} interleaved rounds")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores shared with other helpers' jobs;"
+          f" torch {torch.__version__}, {torch.get_num_threads()} threads; torchattacks {torchattacks.__version__}")
+    print(f"EfficientNet-Lite0 224 px, {n} dog photos in one batch, targeted -> tabby, eps 4/255, alpha 1/255, {steps} steps,"
+          f" no random start; {args.rounds} interleaved rounds")
     print()
     print("| attack | median s / image | torchattacks / this |")
     print("|---|---|---|")

@@ -139,7 +139,7 @@ def part_accuracy(train, test, args) -> dict:
                          batch_size=32, patience=None, seed=0, checkpoint_dir=args.cache_dir, probe_c=args.probe_c)
     t0 = time.perf_counter()
     model_fit = finetune(train, cfg, val=test)
-    model, history = model_fit.model, model_fit.history
+    history = model_fit.history
     total = time.perf_counter() - t0
     timings = model_fit.timings
     probe = history[0]["val_acc"]

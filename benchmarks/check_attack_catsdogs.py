@@ -68,7 +68,8 @@ def main() -> None:
     root = Path(args.data)
     cats, dogs = _numbered(root / "cat"), _numbered(root / "dog")
     n, m = args.per_class, args.train_per_class
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other helpers' jobs), torch {torch.__version__}, threads {torch.get_num_threads()}"}
+    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other helpers' jobs)"
+                    f", torch {torch.__version__}, threads {torch.get_num_threads()}"}
 
     # --- 1. the cats-vs-dogs bundle ------------------------------------------------------------
     t0 = time.perf_counter()
@@ -85,7 +86,8 @@ def main() -> None:
         b = float(clf.intercept_[0])
         head.weight.copy_(torch.stack([-w / 2, w / 2]))
         head.bias.copy_(torch.tensor([-b / 2, b / 2]))
-    bundle_dir = save_bundle(out / "catsdogs_bundle", ClassifierModel(backbone, head, ["cat", "dog"]), metrics={"train_accuracy": float(clf.score(feats, train_y))})
+    bundle_dir = save_bundle(out / "catsdogs_bundle", ClassifierModel(backbone, head, ["cat", "dog"]),
+                            metrics={"train_accuracy": float(clf.score(feats, train_y))})
     model = load_bundle(bundle_dir)
     report["fit_seconds"] = round(time.perf_counter() - t0, 1)
 

@@ -100,7 +100,7 @@ def rendered_dom(report: Path, chromium: str, screenshot: Path | None, timeout: 
         return dom.stdout
 
 
-def check(dom: str, allow_skipped: set[str]) -> tuple[list[str], "_DomParser"]:
+def check(dom: str, allow_skipped: set[str]) -> tuple[list[str], _DomParser]:
     """Problems found in the rendered DOM (empty: everything is there), and the parsed page."""
     parser = _DomParser()
     parser.feed(dom)

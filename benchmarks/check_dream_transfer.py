@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Lite0 renders judged by Lite2, {args.steps} steps, seeds 0-{args.seeds - 1}; machine: "
         f"{platform.machine()} {os.cpu_count()} cores (shared with other jobs); total wall {wall:.0f} s.",
         "",
-        "| class | regularised: target in Lite2 top 5 | plain (tv 0): in top 5 | regularised top 1 | Lite0 p min (reg / plain) | TV median (reg / plain) | TV ratio |",
+        "| class | regularised: target in Lite2 top 5 | plain (tv 0): in top 5 | regularised top 1 |"
+        " Lite0 p min (reg / plain) | TV median (reg / plain) | TV ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in classes:

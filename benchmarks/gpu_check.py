@@ -195,7 +195,7 @@ def step_extract(args, s, work) -> dict:
             continue
         model = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
-        def forward():
+        def forward(model=model, channels_last=channels_last, dtype=dtype):
             x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -404,7 +404,8 @@ def _headline(name: str, r: dict) -> str:
                 f"val acc {r.get('val_acc')}, {r.get('seconds')} s")
     if name == "torchrun":
         ft = r.get("finetune", {})
-        return f"backend {r.get('backend')} world {r.get('world_size')}, DDP AMP {r.get('ddp_amp_train_images_per_s')} img/s, finetune val acc {ft.get('val_acc')}"
+        return (f"backend {r.get('backend')} world {r.get('world_size')}, DDP AMP {r.get('ddp_amp_train_images_per_s')} img/s"
+               f", finetune val acc {ft.get('val_acc')}")
     if name == "dream":
         return f"{r.get('steps')} steps in {r.get('seconds')} s (CPU box: ~{CPU_REFERENCE['dream_seconds']['value']} s), p={r.get('probability')}"
     if name == "attack":

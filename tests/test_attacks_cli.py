@@ -14,8 +14,8 @@ from transferkit.attacks import attack, quantize_8bit
 from transferkit.attacks.images import frame_for_spec, save_png
 from transferkit.cli.attack import parse_eps_list, parse_fraction
 from transferkit.cli.main import main
-from transferkit.data.decode import load_for_spec, open_rgb
 from transferkit.core.errors import TransferkitError
+from transferkit.data.decode import load_for_spec, open_rgb
 
 
 @pytest.fixture
@@ -112,7 +112,8 @@ def test_attack_cli_bad_input_is_one_line(capsys, tiny_bundle, photo, args, mess
 
 def test_robustness_cli(tmp_path, capsys, tiny_bundle, tiny_image_folder):
     plot = tmp_path / "rob.png"
-    code = main(["robustness", str(tiny_bundle), str(tiny_image_folder), "--eps", "0,2/255,16/255", "--method", "bim", "--steps", "3", "--plot", str(plot), "--format", "json"])
+    code = main(["robustness", str(tiny_bundle), str(tiny_image_folder), "--eps", "0,2/255,16/255",
+        "--method", "bim", "--steps", "3", "--plot", str(plot), "--format", "json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     data = json.loads(captured.out)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.data import load_images
 from transferkit.core.errors import DataError
+from transferkit.data import load_images
 from transferkit.data.messy import BAD_KINDS, GOOD_KINDS, write_bad_files, write_good_images
 
 

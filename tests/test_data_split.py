@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from transferkit.data import ImageSet, split_imageset
 from transferkit.core.errors import DataError
+from transferkit.data import ImageSet, split_imageset
 
 
 def _set(per_class=(10, 10), root="/data", hashes=None, split=None) -> ImageSet:

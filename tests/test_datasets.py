@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from transferkit.core.errors import DataError
 from transferkit.data.sources import catalog, fashion_mnist, resolve
 from transferkit.data.sources.download import DownloadError, download_file, extract_archive
-from transferkit.core.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes: several reads, not one
 

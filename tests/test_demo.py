@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit.demo.run import REPORT_ORDER, DemoConfig, cap_imageset, run_demo, transfer_train_config, write_imageset_csv
+from transferkit.demo.result import REPORT_ORDER, DemoConfig
+from transferkit.demo.run import cap_imageset, run_demo, transfer_train_config, write_imageset_csv
 
 TINY = dict(backbone="test_efficientnet", weights="none", image_size=32)
 
@@ -74,8 +75,8 @@ def test_imageset_csv_round_trip_keeps_labels_and_split(tiny_image_folder, tmp_p
 
     original = split_imageset(load_images(tiny_image_folder), seed=0)
     back = load_images(write_imageset_csv(original, tmp_path / "set.csv"))
-    by_path = {p.resolve(): (original.class_names[l], s) for p, l, s in zip(original.paths, original.labels, original.split)}
-    assert {p.resolve(): (back.class_names[l], s) for p, l, s in zip(back.paths, back.labels, back.split)} == by_path
+    by_path = {p.resolve(): (original.class_names[c], s) for p, c, s in zip(original.paths, original.labels, original.split)}
+    assert {p.resolve(): (back.class_names[c], s) for p, c, s in zip(back.paths, back.labels, back.split)} == by_path
 
 
 def _data_uris(html: str) -> dict[str, bytes]:

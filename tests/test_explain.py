@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from transferkit.core.errors import UnknownNameError
 from transferkit.explain import (
     RandomAffine,
     RenderConfig,
@@ -21,7 +22,6 @@ from transferkit.explain import (
     total_variation_loss,
 )
 from transferkit.explain.objectives import RenderState
-from transferkit.core.errors import UnknownNameError
 
 TINY = dict(size=32, steps=12, views=2, jitter=2)
 

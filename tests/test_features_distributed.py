@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from transferkit.features.distributed import World, barrier, extract_features_distributed, is_main_process, shard_of, world
 
 # ONNX Runtime on the CPU gives the same bits whatever the batch and thread count; "auto" may pick

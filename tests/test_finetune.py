@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-
-import math
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +14,8 @@ import torch
 
 from transferkit.data.imageset import ImageSet
 from transferkit.finetune import FinetuneConfig, FinetuneError, finetune, lr_find, plot_lr_find, tta_predict_proba
-from transferkit.pipeline.auto import choose_mode
 from transferkit.finetune.layers import layer_groups, param_groups
+from transferkit.pipeline.auto import choose_mode
 
 
 @pytest.fixture(autouse=True)
@@ -277,7 +273,7 @@ def test_patience_stops_early_even_while_the_probe_stays_best(tiny_image_folder,
     monkeypatch.setattr(loop, "evaluate", scripted)
     cfg = FinetuneConfig(epochs=6, head_epochs=0, unfreeze=1, batch_size=8, augment="none", patience=2, seed=0)
     model_fit = finetune(_imageset(tiny_image_folder, val_every=3), cfg, backbone=tiny_backbone)
-    model, hist = model_fit.model, model_fit.history
+    hist = model_fit.history
     assert [r["epoch"] for r in hist] == [0, 1, 2, 3]  # epoch 1 sets the fine-tuned best; 2 and 3 do not beat it
     assert model_fit.best_epoch == 0
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from transferkit.pipeline import memo as probe_cache
 from transferkit.classifier.bundle import HEAD_FILE, read_bundle_meta
 from transferkit.features import FeatureCache
+from transferkit.pipeline import memo as probe_cache
 from transferkit.pipeline.train import TrainConfig, train_probe
 
 

@@ -132,7 +132,7 @@ def test_hostile_uploads_get_a_4xx_json_reason_and_the_server_keeps_serving(clie
 
 
 def test_the_whole_battery_in_a_row_then_healthy(client):
-    for kwargs, status, _ in HOSTILE.values():
+    for kwargs, _status, _ in HOSTILE.values():
         if isinstance(kwargs.get("content"), type(iter([]))):
             continue  # a one-shot iterator was consumed by the parametrized test
         assert 400 <= client.post("/v1/predict", **kwargs).status_code < 500

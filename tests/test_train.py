@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from transferkit.classifier.bundle import load_bundle, read_bundle_meta

@@ -12,8 +12,9 @@ A scikit-learn-style estimator over the same library calls the command line make
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Classifier:
                            tta=self.tta)
 
     def fit(self, data, *, out: str | os.PathLike | None = None, report: bool = True, data_format: str = "auto",
-            progress: Callable[[int, int], None] | None = None) -> "Classifier":
+            progress: Callable[[int, int], None] | None = None) -> Classifier:
         """Train on ``data`` (a folder, a CSV, or an :class:`~transferkit.data.imageset.ImageSet`); returns ``self``.
 
         ``out`` also writes the bundle (and its report) there. Files that could not be used are in
@@ -184,7 +185,7 @@ class Classifier:
         return self._fitted().save(path, metrics=metrics, config=self._recorded_config or None)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Classifier":
+    def load(cls, path: str | os.PathLike) -> Classifier:
         """A classifier from a bundle directory (sha256-checked, never unpickled)."""
         from transferkit.classifier.bundle import read_bundle_meta
         from transferkit.classifier.trained import TrainedModel

@@ -8,6 +8,7 @@ attacks a photo, saves the adversarial PNG and classifies the saved file again;
 ``dataset_robustness(model, "photos/", eps_values)`` samples, labels and attacks a dataset.
 """
 
+from transferkit.attacks.classes import AttackInputError, ClassSpace, describe_model
 from transferkit.attacks.core import (
     ATTACKS,
     AttackMethod,
@@ -19,7 +20,6 @@ from transferkit.attacks.core import (
     pgd,
     quantize_8bit,
 )
-from transferkit.attacks.classes import AttackInputError, ClassSpace, describe_model
 from transferkit.attacks.dataset import DatasetRobustness, dataset_robustness, stratified_sample
 from transferkit.attacks.image_file import AttackFiles, ImageAttackReport, attack_image_file, attack_output_paths
 from transferkit.attacks.metrics import psnr, ssim

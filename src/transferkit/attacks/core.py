@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -491,7 +492,8 @@ def attack(
         ValueError: bad shapes, pixel range or settings.
     """
     spec = ATTACKS.get(method)
-    kwargs: dict[str, Any] = dict(target=target, alpha=alpha, steps=steps, random_start=random_start, generator=generator, norm=norm, quantize=quantize, **options)
+    kwargs: dict[str, Any] = dict(target=target, alpha=alpha, steps=steps, random_start=random_start, generator=generator,
+                           norm=norm, quantize=quantize, **options)
     if spec.needs_eps:
         kwargs["eps"] = eps
     elif eps is not None:

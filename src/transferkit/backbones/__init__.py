@@ -12,7 +12,6 @@ Weights are looked for in this order and the source used is always recorded in t
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

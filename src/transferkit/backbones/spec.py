@@ -91,7 +91,7 @@ class BackboneSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BackboneSpec":
+    def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
         """The spec :meth:`to_dict` wrote, checked with :meth:`validate`.
 
         Raises:
@@ -130,7 +130,7 @@ class BackboneSpec:
             raise SpecError(f"backbone spec: {exc}") from None
         return spec.validate()
 
-    def validate(self) -> "BackboneSpec":
+    def validate(self) -> BackboneSpec:
         """``self`` if every field makes sense, else :class:`SpecError` listing what does not.
 
         Checked: three finite means; three finite stds > 0; input size (3, H, W) with H and W in

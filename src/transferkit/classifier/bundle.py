@@ -28,7 +28,6 @@ from torch import nn
 
 from transferkit.backbones.spec import BackboneSpec
 from transferkit.classifier.bundle_files import BACKBONE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, HEAD_FILE, write_bundle_dir
-from transferkit.classifier.bundle_files import json_safe as _json_safe
 from transferkit.classifier.bundle_files import sha256_file as _sha256
 from transferkit.classifier.bundle_files import umask as _umask  # noqa: F401 - kept for importers
 from transferkit.core.errors import BundleError, TransferkitError

@@ -11,9 +11,10 @@ for :meth:`TrainedModel.network`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class HeadWeights:
     state: dict[str, np.ndarray]
 
     @classmethod
-    def from_module(cls, module) -> "HeadWeights":
+    def from_module(cls, module) -> HeadWeights:
         """The head of an ``nn.Module`` built from bundle-storable layers."""
         from transferkit.classifier.bundle import head_config, state_for_saving
 
@@ -78,7 +79,7 @@ class TrainedModel:
         self._network = network
 
     @classmethod
-    def from_network(cls, network, *, include_backbone: bool = False) -> "TrainedModel":
+    def from_network(cls, network, *, include_backbone: bool = False) -> TrainedModel:
         """Wrap a built ``ClassifierModel`` (``include_backbone``: its backbone weights go into bundles).
 
         Random backbone weights are always included, since no source can rebuild them.
@@ -92,7 +93,7 @@ class TrainedModel:
                    network=network)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainedModel":
+    def load(cls, path: str | os.PathLike) -> TrainedModel:
         """Read a bundle directory (sha256-checked, never unpickled); see ``load_bundle``."""
         from transferkit.classifier.bundle import load_bundle, read_bundle_meta
 

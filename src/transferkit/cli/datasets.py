@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
@@ -57,10 +57,9 @@ def download_command(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="cache root (default $TRANSFERKIT_CACHE_DIR or ~/.cache/transferkit)"),
 ) -> None:
     """Download a dataset (progress, checksum, resume of a partial download) and prepare it in the cache."""
-    from transferkit.data.sources import download_dataset, get_dataset_info, unreachable_reason
-    from transferkit.data.sources import fashion_mnist
-    from transferkit.data.sources.catalog import prepared_path
     from transferkit.core.errors import DataError
+    from transferkit.data.sources import download_dataset, fashion_mnist, get_dataset_info, unreachable_reason
+    from transferkit.data.sources.catalog import prepared_path
 
     info = get_dataset_info(name)
     ready = prepared_path(info.name, cache=cache_dir)

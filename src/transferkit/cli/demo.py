@@ -31,7 +31,8 @@ def demo(
 
     # scikit-learn's notices about its own future API say nothing a demo user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    from transferkit.demo.run import REPORT_ORDER, DemoConfig, run_demo
+    from transferkit.demo.result import REPORT_ORDER, DemoConfig
+    from transferkit.demo.run import run_demo
 
     output.check_format(fmt, ("table", "json"))
     if data is not None and dataset is not None:
@@ -84,7 +85,8 @@ def _headline(key: str, step) -> str:
     if key == "classify":
         return "; ".join(f"{p['photo']}: {p['top'][0]['label']}" for p in d.get("photos", []) if p.get("top"))[:100]
     if key == "transfer":
-        return f"{d.get('dataset', {}).get('name')}: accuracy {100 * d['accuracy']:.1f}% on {d.get('images', {}).get(d.get('split', 'test'))} {d.get('split')} images"
+        return (f"{d.get('dataset', {}).get('name')}: accuracy {100 * d['accuracy']:.1f}%"
+               f" on {d.get('images', {}).get(d.get('split', 'test'))} {d.get('split')} images")
     if key == "finetune":
         return f"accuracy {100 * d['accuracy']:.1f}% (probe {100 * d['probe_accuracy']:.1f}%)"
     if key == "dream":

@@ -26,8 +26,8 @@ def evaluate(
     from transferkit.data import load_images
     from transferkit.data.unused import UnusedFiles
     from transferkit.evaluate.metrics import evaluate_model
-    from transferkit.evaluate.selection import SPLIT_CHOICES, select_split
     from transferkit.evaluate.report import write_report
+    from transferkit.evaluate.selection import SPLIT_CHOICES, select_split
 
     output.check_format(fmt, ("table", "json"))
     output.check_format(split, SPLIT_CHOICES)

@@ -62,8 +62,8 @@ def featuremaps(
         return
     if image is None:
         raise typer.BadParameter("IMAGE is required (or use --list-layers)")
-    from transferkit.data.decode import ImageDecodeError
     from transferkit.core.errors import DataError
+    from transferkit.data.decode import ImageDecodeError
 
     try:
         x = load_image_for(net, image)
@@ -88,7 +88,8 @@ def dream(
     model: Path = typer.Option(None, "--model", "-m", help="a model bundle directory: grow one of its own classes"),
     weights: str = typer.Option("auto", "--weights", help="backbone weights: auto, a file, package, hub or none"),
     steps: int = typer.Option(256, "--steps", min=1, help="optimisation steps"),
-    tv_weight: float = typer.Option(None, "--tv-weight", min=0.0, help="total-variation weight (default 100; 0 = the lesson's noisy version: raw pixels, no transforms)"),
+    tv_weight: float = typer.Option(None, "--tv-weight", min=0.0,
+                                    help="total-variation weight (default 100; 0 = the lesson's noisy version: raw pixels, no transforms)"),
     l2_weight: float = typer.Option(0.0, "--l2-weight", min=0.0, help="L2 weight pulling pixels towards grey"),
     size: int = typer.Option(None, "--size", min=8, max=2048, help="image side in pixels (default: the network's input size)"),
     seed: int = typer.Option(0, "--seed", help="seeds the starting noise and the random transforms"),

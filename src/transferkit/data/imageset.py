@@ -145,7 +145,7 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, indices: Any) -> "ImageSet":
+    def subset(self, indices: Any) -> ImageSet:
         """A new ImageSet holding the given indices (the report is shared)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageSet(
@@ -190,7 +190,7 @@ class ImageSet:
             return {}
         return {name: sum(1 for s in self.split if s == name) for name in SPLITS if name in self.split}
 
-    def where_split(self, name: str) -> "ImageSet":
+    def where_split(self, name: str) -> ImageSet:
         """The images whose split is ``name``; raises if the set has no split."""
         if self.split is None:
             raise ValueError("this ImageSet has no split; call transferkit.data.split_imageset first")

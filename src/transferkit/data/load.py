@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.core.errors import DataError
 from transferkit.data.decode import DEFAULT_MAX_PIXELS
 from transferkit.data.formats import list_dataset
 from transferkit.data.imageset import DataReport, ImageSet, Rejected
 from transferkit.data.split import duplicate_groups, leaking_groups
 from transferkit.data.verify import VerifyOptions, verify_files
-from transferkit.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import logging
+import math
 from collections import defaultdict
 
 import numpy as np
 
-from transferkit.data.imageset import ImageSet
 from transferkit.core.errors import DataError
+from transferkit.data.imageset import ImageSet
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 EXAMPLES = 5
 
@@ -23,7 +24,7 @@ class UnusedFiles:
     files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def collect(cls, report=None, errors: Mapping[str, str] | None = None) -> "UnusedFiles":
+    def collect(cls, report=None, errors: Mapping[str, str] | None = None) -> UnusedFiles:
         """From a :class:`~transferkit.data.imageset.DataReport` (rejected and missing files) and
         per-path errors found later (e.g. images that failed to decode during feature extraction)."""
         files: dict[str, str] = {}

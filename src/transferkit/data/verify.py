@@ -18,11 +18,12 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transferkit.core.paths import cache_root, cache_unusable
 from transferkit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_rgb

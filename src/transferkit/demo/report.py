@@ -63,7 +63,8 @@ def _section_classify(step: StepOutcome) -> str:
     for row in step.data.get("photos", []):
         caption = f"<b>{_e(row['photo'])}</b><br>{_top_list(row['top'])}" if not row.get("error") else _e(row["error"])
         cards.append(_card(step, f"photo_{row['photo']}", caption) or f'<div class="card">{caption}</div>')
-    return f"<p>The ImageNet-pretrained {_e(step.data.get('backbone', ''))} labels photos it has never seen (top 3):</p><div class=\"gallery\">{''.join(cards)}</div>"
+    return (f"<p>The ImageNet-pretrained {_e(step.data.get('backbone', ''))} labels photos it has never seen (top 3):</p>"
+        f"<div class=\"gallery\">{''.join(cards)}</div>")
 
 
 def _section_transfer(step: StepOutcome) -> str:
@@ -136,7 +137,8 @@ def _section_dream(step: StepOutcome) -> str:
     cards = []
     for r in step.data.get("renders", []):
         top = ", ".join(f"{_e(t['label'])} {_pct(t['probability'])}" for t in r.get("top", []))
-        cards.append(_card(step, r["image"], f"<b>{_e(r['class'])}</b>, {_e(r['variant'])}<br>p = {float(r['probability']):.4f}, TV = {float(r['tv']):.4f}<br>top: {top}"))
+        cards.append(_card(step, r["image"], f"<b>{_e(r['class'])}</b>, {_e(r['variant'])}"
+                            f"<br>p = {float(r['probability']):.4f}, TV = {float(r['tv']):.4f}<br>top: {top}"))
     return (f"<p>Images grown from noise until the network calls them the class ({_e(step.data.get('steps'))} Adam steps at {_e(step.data.get('size'))} px). "
             "Without a total-variation penalty (and on raw pixels) the result is noise the network is sure about; with TV, "
             "a smooth Fourier parameterisation and random jitter/scale/rotation it starts to look like the class.</p>"
@@ -163,7 +165,8 @@ def _section_robustness(step: StepOutcome) -> str:
     d = step.data
     rows = "".join(f"<tr><td>{_e(p['eps'])}</td><td class=\"num\">{_pct(p['accuracy'])}</td><td class=\"num\">{_pct(p['success_rate'])}</td></tr>"
                    for p in d.get("points", []))
-    return (f"<p>Untargeted {_e(str(d.get('method', '')).upper())} ({_e(d.get('steps'))} steps) against the transfer model on {_e(d.get('images'))} held-out images.</p>"
+    return (f"<p>Untargeted {_e(str(d.get('method', '')).upper())} ({_e(d.get('steps'))} steps)"
+            f" against the transfer model on {_e(d.get('images'))} held-out images.</p>"
             f"<table><tr><th>eps</th><th>accuracy</th><th>attack success</th></tr>{rows}</table>"
             f'<div class="wide">{_card(step, "curve", "accuracy against eps")}</div>')
 
@@ -194,7 +197,8 @@ def render_demo_report(result: DemoResult) -> str:
     """The report as one HTML string (no external resources)."""
     cfg = result.config
     timing_rows = "".join(
-        f"<tr><td>{_e(result.title(k))}</td><td>{_e(result.steps[k].status)}</td><td class=\"num\">{result.steps[k].seconds:.1f}</td><td class=\"num\">{result.steps[k].cpu_seconds:.1f}</td></tr>"
+        f"<tr><td>{_e(result.title(k))}</td><td>{_e(result.steps[k].status)}</td>"
+            f"<td class=\"num\">{result.steps[k].seconds:.1f}</td><td class=\"num\">{result.steps[k].cpu_seconds:.1f}</td></tr>"
         for k in REPORT_ORDER if k in result.steps
     )
     ds = result.dataset

@@ -5,9 +5,9 @@ The report (:mod:`transferkit.demo.report`) reads only these types, so it never 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 # Titles carry no number: a step's number is its place in the run (see ``step_numbers``).
@@ -83,7 +83,7 @@ class DemoConfig:
     engine: str = "auto"
     photos: int = 8
 
-    def effective(self) -> "DemoConfig":
+    def effective(self) -> DemoConfig:
         """The settings actually used: ``--quick`` shrinks the slow steps."""
         from dataclasses import replace
 
@@ -153,6 +153,7 @@ class DemoResult:
             "dataset": self.dataset,
             "machine": self.machine,
             "seconds": round(self.seconds, 2),
-            "steps": {k: {"number": numbers[k], "status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2), "message": s.message, "data": s.data,
+            "steps": {k: {"number": numbers[k], "status": s.status, "seconds": round(s.seconds, 2), "cpu_seconds": round(s.cpu_seconds, 2),
+                          "message": s.message, "data": s.data,
                           "command": s.command} for k, s in self.steps.items()},
         }

@@ -32,14 +32,14 @@ import os
 import platform
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from transferkit.core.errors import TransferkitError
-from transferkit.demo.result import REPORT_ORDER, RUN_ORDER, STEP_TITLES, DemoConfig, DemoResult, StepOutcome
+from transferkit.demo.result import RUN_ORDER, DemoConfig, DemoResult, StepOutcome
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def png_bytes(image) -> bytes:
 
 def thumbnail_png(path: str | Path, size: int = 160) -> bytes:
     """A small PNG of an image file (EXIF-rotated, RGB), for galleries."""
-    from transferkit.data.decode import open_rgb
-
     from PIL import Image
+
+    from transferkit.data.decode import open_rgb
 
     img = open_rgb(path)
     if max(img.size) < size // 2:
@@ -531,8 +531,8 @@ def run_demo(
     Raises:
         DataError: no dataset could be found (the message says what to do).
     """
-    from transferkit.data.sources import DownloadError
     from transferkit.core.errors import DataError
+    from transferkit.data.sources import DownloadError
 
     cfg = config.effective()
     out = Path(cfg.out).expanduser()

@@ -7,8 +7,8 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from transferkit.core.errors import TransferkitError
 from transferkit.evaluate.metrics import Prediction, predict_images
@@ -108,7 +108,7 @@ class PredictionWriter:
         self.sync()
         self._file.close()
 
-    def __enter__(self) -> "PredictionWriter":
+    def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc) -> None:

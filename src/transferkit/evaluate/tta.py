@@ -23,8 +23,8 @@ def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
 
     Unreadable images are skipped and listed in ``metrics["failed_images"]``.
     """
-    from transferkit.data.decode import ImageDecodeError, open_rgb
     from transferkit.core.errors import DataError
+    from transferkit.data.decode import ImageDecodeError, open_rgb
     from transferkit.evaluate.metrics import evaluate_probabilities
 
     unknown = sorted(set(images.class_names) - set(model.class_names))

@@ -285,4 +285,5 @@ def feature_map_grids(
     return out
 
 
-__all__ = ["FeatureMaps", "LayerInfo", "default_layers", "extract_feature_maps", "feature_map_grid", "feature_map_grids", "load_image_for", "png_bytes", "list_layers", "network_of", "resolve_layer"]
+__all__ = ["FeatureMaps", "LayerInfo", "default_layers", "extract_feature_maps", "feature_map_grid", "feature_map_grids",
+           "load_image_for", "png_bytes", "list_layers", "network_of", "resolve_layer"]

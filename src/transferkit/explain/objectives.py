@@ -11,8 +11,8 @@ lower is better for every term.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -70,20 +70,20 @@ class Objective:
     def __call__(self, state: RenderState) -> torch.Tensor:
         return self.fn(state)
 
-    def __add__(self, other: "Objective | float") -> "Objective":
+    def __add__(self, other: Objective | float) -> Objective:
         if isinstance(other, (int, float)):
             return Objective(lambda s: self(s) + other, f"{self.name} + {other}")
         return Objective(lambda s: self(s) + other(s), f"{self.name} + {other.name}")
 
     __radd__ = __add__
 
-    def __neg__(self) -> "Objective":
+    def __neg__(self) -> Objective:
         return -1.0 * self
 
-    def __sub__(self, other: "Objective") -> "Objective":
+    def __sub__(self, other: Objective) -> Objective:
         return self + (-other)
 
-    def __mul__(self, weight: float) -> "Objective":
+    def __mul__(self, weight: float) -> Objective:
         if not isinstance(weight, (int, float)):
             return NotImplemented
         w = float(weight)

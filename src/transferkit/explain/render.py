@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ class RenderConfig:
     degrees: float = 10.0
     frame_every: int = 0
 
-    def validate(self) -> "RenderConfig":
+    def validate(self) -> RenderConfig:
         if self.steps < 0 or self.lr <= 0 or self.views < 1:
             raise ValueError(f"need steps >= 0, lr > 0 and views >= 1 (got {self.steps}, {self.lr}, {self.views})")
         if self.tv_weight < 0 or self.l2_weight < 0:

@@ -25,9 +25,10 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -100,7 +101,20 @@ class FeatureCache:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=60.0)
+                self._set_up(conn)
                 self._local.conn = conn
+            except CACHE_ERRORS as exc:
+                self._disable(exc)
+                return None
+        return conn
+
+    @staticmethod
+    def _set_up(conn: sqlite3.Connection, attempts: int = 20) -> None:
+        """WAL mode and the tables. Processes opening a new cache at once (torchrun ranks) can get
+        "database is locked" at once here (SQLite skips its busy wait when two lock upgrades would
+        deadlock), so this is retried for a few seconds before the cache counts as unusable."""
+        for attempt in range(attempts):
+            try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(
@@ -114,10 +128,11 @@ class FeatureCache:
                         path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, sha256 TEXT);
                     """
                 )
-            except CACHE_ERRORS as exc:
-                self._disable(exc)
-                return None
-        return conn
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -113,7 +113,7 @@ class FinetuneConfig:
     resume: bool = False
     max_steps_per_epoch: int | None = None
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         """Check values; raises :class:`FinetuneError` naming the allowed ones."""
 
         def choice(name: str, value: Any, allowed: tuple) -> None:

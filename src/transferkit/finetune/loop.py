@@ -14,9 +14,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -542,7 +543,7 @@ def finetune(
     weights: str = "auto",
     val: ImageSet | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
-) -> "FinetuneResult":
+) -> FinetuneResult:
     """Fine-tune a pretrained backbone plus a new head on ``images`` (LP-FT with the training tricks).
 
     Stage 1 (``head_epochs``) trains only the head on the frozen backbone (BatchNorm statistics

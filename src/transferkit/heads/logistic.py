@@ -81,12 +81,12 @@ class LogisticHead(FeatureHead):
             loss[C] += weighted_log_loss(lr.predict_proba(Xs_va), np.searchsorted(lr.classes_, y_va), sample_w) * float(sample_w.sum())
         return sample_w, float(sample_w.sum())
 
-    def fit(self, X, y, X_val=None, y_val=None) -> "LogisticHead":
+    def fit(self, X, y, X_val=None, y_val=None) -> LogisticHead:
         """Fit; ``X_val``/``y_val`` choose ``C`` (else a stratified hold-out of ``X``)."""
         with single_thread():
             return self._fit(X, y, X_val, y_val)
 
-    def _fit(self, X, y, X_val, y_val) -> "LogisticHead":
+    def _fit(self, X, y, X_val, y_val) -> LogisticHead:
         from sklearn.exceptions import ConvergenceWarning
 
         X, y = check_X_y(X, y)

@@ -49,12 +49,12 @@ class MLPHead(FeatureHead):
         self.val_fraction = val_fraction
         self.random_state = random_state
 
-    def fit(self, X, y, X_val=None, y_val=None) -> "MLPHead":
+    def fit(self, X, y, X_val=None, y_val=None) -> MLPHead:
         """Fit; ``X_val``/``y_val`` drive early stopping (else a stratified hold-out of ``X``)."""
         with single_thread():
             return self._fit(X, y, X_val, y_val)
 
-    def _fit(self, X, y, X_val, y_val) -> "MLPHead":
+    def _fit(self, X, y, X_val, y_val) -> MLPHead:
         import torch
         from torch import nn
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 
@@ -176,8 +176,8 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         DataError: no images, or a split without training images of at least 2 classes.
     """
     from transferkit.evaluate.metrics import evaluate_probabilities
-    from transferkit.features.distributed import barrier
     from transferkit.features.cache import FeatureCache
+    from transferkit.features.distributed import barrier
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):

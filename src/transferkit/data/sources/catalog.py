@@ -11,15 +11,15 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from transferkit.core.errors import DataError
+from transferkit.core.registry import Registry
 from transferkit.data.sources import fashion_mnist
 from transferkit.data.sources.cache import datasets_dir, downloads_dir
 from transferkit.data.sources.download import ProgressCallback, download_file, extract_archive
-from transferkit.core.errors import DataError
-from transferkit.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

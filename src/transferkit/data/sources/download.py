@@ -21,9 +21,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from transferkit.core.atomic import replace_directory
 from transferkit.core.errors import DataError
@@ -49,7 +49,7 @@ class Checksum:
     hexdigest: str
 
     @classmethod
-    def parse(cls, text: str) -> "Checksum":
+    def parse(cls, text: str) -> Checksum:
         algorithm, sep, digest = text.partition(":")
         algorithm = algorithm.strip().lower()
         if not sep or algorithm not in _ALGORITHMS or not digest.strip():

@@ -10,15 +10,15 @@ request may hang for its whole timeout.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from transferkit.core.errors import DataError
+from transferkit.core.network import unreachable_reason
 from transferkit.data.sources import fashion_mnist
 from transferkit.data.sources.catalog import download_dataset, get_dataset_info, prepared_path
 from transferkit.data.sources.download import ProgressCallback
-from transferkit.core.errors import DataError
-from transferkit.core.network import unreachable_reason
 
 log = logging.getLogger(__name__)
 
