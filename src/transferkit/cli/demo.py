@@ -98,4 +98,10 @@ def _headline(key: str, step) -> str:
         return ", ".join(f"{p['eps']}: {100 * p['accuracy']:.0f}%" for p in d.get("points", []))
     if key == "featuremaps":
         return f"{len(d.get('layers', []))} layers"
+    if key == "deploy":
+        line = f"fp32 ONNX agrees with the bundle on {100 * d['fp32_runtime_agrees_with_bundle']:.0f}%"
+        if d.get("accuracy_int8") is not None:
+            line += (f"; int8 {float(d['size_ratio']):.1f}x smaller, {100 * d['accuracy_int8']:.1f}% vs {100 * d['accuracy_fp32']:.1f}%"
+                     + (" (refused by default)" if d.get("refused_by_default") else ""))
+        return line
     return ""

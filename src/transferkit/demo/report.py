@@ -171,6 +171,25 @@ def _section_robustness(step: StepOutcome) -> str:
             f'<div class="wide">{_card(step, "curve", "accuracy against eps")}</div>')
 
 
+def _section_deploy(step: StepOutcome) -> str:
+    d = step.data
+    rows = [("fp32 ONNX file", f"{d['fp32_bytes'] / 1e6:.1f} MB"),
+            ("fp32 through the torch-free runtime: same top-1 as the bundle", _pct(d["fp32_runtime_agrees_with_bundle"])),
+            ("fp32 runtime accuracy / bundle accuracy", f"{_pct(d['fp32_runtime_accuracy'])} / {_pct(d['bundle_accuracy'])}")]
+    if "int8_bytes" in d:
+        rows += [("int8 ONNX file", f"{d['int8_bytes'] / 1e6:.1f} MB ({float(d['size_ratio'] or 0):.1f}x smaller)"),
+                 ("int8 forward speed", f"{float(d['speedup'] or 0):.2f}x fp32's"),
+                 ("int8 top-1 agreement with fp32", _pct(d["int8_agreement"])),
+                 ("accuracy fp32 / int8 (held-out images)", f"{_pct(d['accuracy_fp32'])} / {_pct(d['accuracy_int8'])}")]
+    table = "".join(f"<tr><td>{_e(k)}</td><td class=\"num\">{_e(v)}</td></tr>" for k, v in rows)
+    verdict = ""
+    if d.get("refused_by_default"):
+        verdict = (f"<p><b>int8 loses {float(d['loss_points']):.1f} points here</b>: <code>transferkit export --int8</code> refuses it "
+                   "unless <code>--force</code> (or a larger <code>--max-int8-loss</code>); ship the fp32 file.</p>")
+    return (f"<p>The transfer model as one ONNX file (uint8 pixels in, probabilities out) and what int8 costs on this data.</p>"
+            f"<table>{table}</table>{verdict}")
+
+
 _SECTIONS = {
     "classify": _section_classify,
     "transfer": _section_transfer,
@@ -179,6 +198,7 @@ _SECTIONS = {
     "dream": _section_dream,
     "attack": _section_attack,
     "robustness": _section_robustness,
+    "deploy": _section_deploy,
 }
 
 

@@ -18,11 +18,12 @@ STEP_TITLES = {
     "dream": "Ideal class images, with and without total variation",
     "attack": "An adversarial example",
     "robustness": "Accuracy against attack strength (eps)",
+    "deploy": "Deploy: ONNX export, int8 and a torch-free runtime",
     "finetune": "Fine-tuning",
 }
 # Run order: fine-tuning last, so it can use whatever time the budget has left. The report and the
 # console list the steps in the same order, numbered the same way.
-RUN_ORDER = ("classify", "transfer", "featuremaps", "dream", "attack", "robustness", "finetune")
+RUN_ORDER = ("classify", "transfer", "featuremaps", "dream", "attack", "robustness", "deploy", "finetune")
 REPORT_ORDER = RUN_ORDER
 
 

@@ -1,6 +1,6 @@
 """The whole lesson in one offline run: ``run_demo(DemoConfig()) -> DemoResult``.
 
-Seven steps, each a call into the library that the separate commands use (so the same seed gives
+Eight steps, each a call into the library that the separate commands use (so the same seed gives
 the same numbers). They run in this order, and the console and the report number them the same
 way (among the steps asked for, with ``steps=``):
 
@@ -13,7 +13,9 @@ way (among the steps asked for, with ``steps=``):
 5. ``attack``: a dog photo pushed into "tabby cat" (or a cat into a dog) by targeted PGD
    (:func:`transferkit.attacks.attack`).
 6. ``robustness``: the transfer model's accuracy against eps (:func:`transferkit.attacks.robustness_curve`).
-7. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), last, so it can use
+7. ``deploy``: the transfer model exported to ONNX (fp32 and int8, calibrated on the dataset) and
+   the held-out images predicted through the torch-free runtime (:mod:`transferkit.runtime`).
+8. ``finetune``: LP-FT fine-tuning (:func:`transferkit.finetune.finetune`), last, so it can use
    whatever time the budget has left.
 
 A step that cannot run (a missing optional package, no time left) is recorded as skipped with the
@@ -497,6 +499,42 @@ def _step_robustness(ctx: _Context, step: StepOutcome) -> None:
                     f"--method {cfg.robustness_method}{steps_arg} --seed {cfg.seed} --format json")
 
 
+def _step_deploy(ctx: _Context, step: StepOutcome) -> None:
+    """Export the transfer model to ONNX (fp32, and int8 calibrated on the dataset) and predict the
+    held-out images through the torch-free runtime."""
+    from transferkit.classifier.export import export_model
+    from transferkit.runtime import Runtime
+
+    cfg = ctx.config
+    if ctx.transfer is None or ctx.transfer.bundle_path is None or ctx.transfer.evaluation is None:
+        step.status, step.message = "skipped", "needs the transfer step's saved model and its held-out images"
+        return
+    bundle, ev = ctx.transfer.bundle_path, ctx.transfer.evaluation
+    out = ctx.out / "deploy"
+    fp32 = export_model(bundle, out / "model.onnx")
+    runtime = Runtime(fp32.path)
+    predictions = runtime.predict([Path(p) for p in ev.paths], top_k=1)
+    got = [ctx.transfer.model.class_names.index(r.top[0][0]) if r.ok else -1 for r in predictions]
+    bundle_top1 = ev.probs.argmax(axis=1)
+    step.data = {
+        "fp32_bytes": fp32.size_bytes, "images": len(got),
+        "fp32_runtime_agrees_with_bundle": float(np.mean(np.array(got) == bundle_top1)),
+        "fp32_runtime_accuracy": float(np.mean(np.array(got) == ev.y)), "bundle_accuracy": float(ev.metrics["accuracy"]),
+    }
+    step.command = f"transferkit export {bundle} --out {out / 'model-int8.onnx'} --int8 --calibration {ctx.data_path}"
+    if cfg.quick:
+        step.message = "--quick: int8 quantization skipped"
+        return
+    int8 = export_model(bundle, out / "model-int8.onnx", int8=True, calibration=ctx.data_path, force=True)
+    q = int8.metadata.get("quantization", {})
+    step.data.update({
+        "int8_bytes": int8.size_bytes, "size_ratio": q.get("size_ratio"), "speedup": q.get("speedup"),
+        "int8_agreement": q.get("agreement"), "accuracy_fp32": q.get("accuracy_fp32"), "accuracy_int8": q.get("accuracy_int8"),
+        "loss_points": q.get("loss_points"), "eval_images": q.get("eval_images"),
+        "refused_by_default": bool(q.get("loss_points") is not None and q["loss_points"] > 1.0),
+    })
+
+
 _STEPS: dict[str, Callable[[_Context, StepOutcome], None]] = {
     "classify": _step_classify,
     "transfer": _step_transfer,
@@ -505,6 +543,7 @@ _STEPS: dict[str, Callable[[_Context, StepOutcome], None]] = {
     "dream": _step_dream,
     "attack": _step_attack,
     "robustness": _step_robustness,
+    "deploy": _step_deploy,
 }
 
 
