@@ -144,3 +144,23 @@ def test_cli_usage_errors_are_click_usage_messages_not_crash_lines(capsys):
     assert main(["train", "x", "--format", "yaml"]) == 2
     err = capsys.readouterr().err
     assert "'yaml' is not one of table, json" in err and "TRANSFERKIT_DEBUG" not in err
+
+
+def test_one_class_data_fails_before_any_feature_is_extracted(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import transferkit.features.extract as extract
+    from transferkit.core.errors import DataError
+    from transferkit.data import load_images
+
+    folder = tmp_path / "only" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        Image.new("RGB", (16, 16), (i * 30, 10, 10)).save(folder / f"{i}.png")
+    import transferkit.features.distributed as distributed
+
+    for module in (extract, distributed):
+        monkeypatch.setattr(module, "extract_features", lambda *a, **k: pytest.fail("features were extracted"))
+    with pytest.raises(DataError, match="at least 2 classes, found only 'cat'"):
+        train(_config(tmp_path, data=str(tmp_path / "only")))
+    assert len(load_images(tmp_path / "only")) == 6
