@@ -78,7 +78,7 @@ def _linked_folder(root: Path, imageset, limit: int | None = None) -> Path:
 def part_accuracy(args, work: Path) -> dict:
     from transferkit.classifier.bundle import load_bundle
     from transferkit.classifier.export import export_model
-    from transferkit.evaluate.metrics import predict_images
+    from transferkit.evaluate.predict import predict_images
     from transferkit.runtime import Runtime
 
     train, test = bundle_split(args.bundle, args.data)

@@ -61,7 +61,7 @@ def test_evaluate_model_matches_labels_by_name(tmp_path, tiny_image_folder, tiny
 
     from transferkit.classifier.bundle import ClassifierModel
     from transferkit.data import load_images
-    from transferkit.evaluate.metrics import evaluate_model
+    from transferkit.evaluate.model import evaluate_model
 
     images = load_images(tiny_image_folder)
     model = ClassifierModel(tiny_backbone, torch.nn.Linear(tiny_backbone.num_features, 4), ["x", *images.class_names])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from transferkit.core.errors import BundleError, DataError, TransferkitError
+from transferkit.features import select
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +160,8 @@ def test_no_cache_exports_onnx_to_a_temporary_folder_and_writes_nothing_under_th
                                                                                         tiny_backbone):
     from transferkit.core.paths import cache_root
     from transferkit.features import extract_features
-    from transferkit.features.engines import OnnxEngine, create_engine
+    from transferkit.features.engines import OnnxEngine
+    from transferkit.features.select import create_engine
 
     engine = create_engine(tiny_backbone, "onnxruntime", cache_dir=None)
     assert isinstance(engine, OnnxEngine) and engine.max_abs_diff < 1e-4
@@ -170,7 +172,8 @@ def test_no_cache_exports_onnx_to_a_temporary_folder_and_writes_nothing_under_th
 
 
 def test_an_unwritable_onnx_cache_exports_to_a_temporary_folder_with_one_warning(tmp_path, caplog, tiny_backbone):
-    from transferkit.features.engines import OnnxEngine, create_engine
+    from transferkit.features.engines import OnnxEngine
+    from transferkit.features.select import create_engine
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -193,7 +196,7 @@ def test_a_full_disk_during_onnx_export_falls_back_to_a_temporary_folder(tmp_pat
 
     monkeypatch.setattr(engines, "_export_to", export)
     with caplog.at_level(logging.WARNING):
-        engine = engines.create_engine(tiny_backbone, "onnxruntime", cache_dir=cache_dir)
+        engine = select.create_engine(tiny_backbone, "onnxruntime", cache_dir=cache_dir)
     assert isinstance(engine, engines.OnnxEngine)
     assert "no space left on device" in _assert_one_cache_warning(caplog, cache_dir)
     assert not any((cache_dir / "onnx").glob("*.tmp"))
@@ -201,7 +204,7 @@ def test_a_full_disk_during_onnx_export_falls_back_to_a_temporary_folder(tmp_pat
 
 def test_a_temp_file_left_by_a_killed_export_is_cleaned_up_later(tiny_backbone):
     from transferkit.features import FeatureCache
-    from transferkit.features.engines import create_engine, onnx_model_path
+    from transferkit.features.engines import onnx_model_path
 
     cache = FeatureCache()
     folder = onnx_model_path(tiny_backbone, cache.directory).parent
@@ -212,7 +215,7 @@ def test_a_temp_file_left_by_a_killed_export_is_cleaned_up_later(tiny_backbone):
     os.utime(stale, (hour_ago, hour_ago))
     fresh = folder / ".y.onnx.def456.tmp"  # maybe another run's export in progress: left alone
     fresh.write_bytes(b"in progress")
-    create_engine(tiny_backbone, "onnxruntime", cache_dir=cache.directory)
+    select.create_engine(tiny_backbone, "onnxruntime", cache_dir=cache.directory)
     assert not stale.exists() and fresh.exists()
 
 
@@ -222,7 +225,7 @@ def test_falling_back_to_the_torch_engine_warns_once_without_a_source_line(monke
     monkeypatch.setattr(engines, "ONNX_MAX_ABS_DIFF", -1.0)  # no output can pass the check
     with warnings.catch_warnings(record=True) as raised, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
-        engine = engines.create_engine(tiny_backbone, "auto", device="cpu")
+        engine = select.create_engine(tiny_backbone, "auto", device="cpu")
     assert isinstance(engine, engines.TorchEngine)
     assert [str(w.message) for w in raised if issubclass(w.category, RuntimeWarning)] == []
     msgs = _warnings(caplog)

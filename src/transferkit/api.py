@@ -143,7 +143,7 @@ class Classifier:
 
     def _predict(self, images, *, top_k: int):
         from transferkit.data.files import list_image_files
-        from transferkit.evaluate.metrics import Prediction, predict_images
+        from transferkit.evaluate.predict import Prediction, predict_images
 
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         expanded: list[Any] = []
@@ -172,7 +172,7 @@ class Classifier:
         ``split="test"`` (or ``"val"``, ``"train"``) re-creates the split this model was trained
         with (same fractions and seed) and evaluates that part only.
         """
-        from transferkit.evaluate.metrics import evaluate_model
+        from transferkit.evaluate.model import evaluate_model
         from transferkit.evaluate.selection import select_split
 
         images = select_split(_load_imageset(data, data_format), split, self._recorded_config)
@@ -211,7 +211,7 @@ def _predict_in_memory(network, image, name: str, top_k: int):
     from PIL import Image
 
     from transferkit.data.decode import resize_center_crop, to_tensor01
-    from transferkit.evaluate.metrics import Prediction
+    from transferkit.evaluate.predict import Prediction
 
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):

@@ -25,7 +25,7 @@ def evaluate(
     from transferkit.cli.train import extraction_progress
     from transferkit.data import load_images
     from transferkit.data.unused import UnusedFiles
-    from transferkit.evaluate.metrics import evaluate_model
+    from transferkit.evaluate.model import evaluate_model
     from transferkit.evaluate.report import write_report
     from transferkit.evaluate.selection import SPLIT_CHOICES, select_split
 

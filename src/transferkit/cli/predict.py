@@ -26,8 +26,7 @@ def predict(
     from transferkit.cli.train import extraction_progress
     from transferkit.data.files import list_image_files
     from transferkit.data.unused import UnusedFiles
-    from transferkit.evaluate.metrics import predict_images
-    from transferkit.evaluate.predict import CSV_HEADER, csv_rows, predict_to_file
+    from transferkit.evaluate.predict import CSV_HEADER, csv_rows, predict_images, predict_to_file
 
     output.check_format(fmt, ("table", "csv", "json"))
     output.check_format(engine, ("auto", "torch", "onnxruntime"))

@@ -8,9 +8,8 @@ the CLI's job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,95 +158,9 @@ def evaluate_probabilities(
     return Evaluation(metrics, confusion, list(class_names), probs, y, paths, table, confidently_wrong)
 
 
-@dataclass
-class Prediction:
-    """Top-k classes for one image, or why it could not be read."""
-
-    path: str
-    top: list[tuple[str, float]] = field(default_factory=list)
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "error": self.error or None, "predictions": [{"label": c, "probability": p} for c, p in self.top]}
-
-
-def _model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device, decode_options=None):
-    from transferkit.features import extract_features
-
-    return extract_features(paths, model.backbone, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
-                            decode_options=decode_options)
-
-
-def predict_images(
-    model, paths: Sequence[str | Path], *, top_k: int = 5, engine: str = "auto", batch_size: int = 32,
-    cache: bool = True, progress: Callable[[int, int], None] | None = None, device: str | None = None,
-) -> list[Prediction]:
-    """Top-k predictions of a :class:`~transferkit.classifier.bundle.ClassifierModel` for image files.
-
-    Unreadable files get an ``error`` and the rest go on.
-    """
-    paths = [Path(p) for p in paths]
-    feats = _model_features(model, paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
-    results = [Prediction(str(p)) for p in paths]
-    good = np.flatnonzero(feats.ok)
-    if len(good):
-        probs = probabilities_from_features(model.head, feats.X[good])
-        k = max(1, min(top_k, probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        for row, i in enumerate(good):
-            results[i].top = [(model.class_names[j], float(probs[row, j])) for j in order[row]]
-    for i, p in enumerate(paths):
-        if not feats.ok[i]:
-            results[i].error = feats.errors.get(str(p), "cannot read file")
-    return results
-
-
-def evaluate_model(
-    model, imageset, *, engine: str = "auto", batch_size: int = 32, cache: bool = True,
-    progress: Callable[[int, int], None] | None = None, device: str | None = None, tta: str = "none",
-) -> Evaluation:
-    """Evaluate a ClassifierModel on an ImageSet whose class names the model knows.
-
-    Labels are matched by class *name*, so a dataset with fewer classes or another order works.
-    ``tta`` other than ``"none"`` runs the whole network on several views of each image
-    (:mod:`transferkit.evaluate.tta`) instead of the feature engine.
-
-    Raises:
-        DataError: the data has classes the model does not know, or no readable image.
-    """
-    if tta != "none":
-        from transferkit.evaluate.tta import evaluate_tta
-
-        return evaluate_tta(model, imageset, tta=tta, batch_size=batch_size)
-    unknown = sorted(set(imageset.class_names) - set(model.class_names))
-    if unknown:
-        raise DataError(
-            f"the data has classes the model was not trained on: {', '.join(unknown[:8])}; "
-            f"the model knows {', '.join(model.class_names[:8])}{' ...' if len(model.class_names) > 8 else ''}"
-        )
-    to_model = np.array([model.class_names.index(c) for c in imageset.class_names], dtype=np.int64)
-    feats = _model_features(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
-                            decode_options=imageset.decode_options)
-    good = np.flatnonzero(feats.ok)
-    if len(good) == 0:
-        raise DataError("none of the images could be read; see `transferkit data inspect`")
-    probs = probabilities_from_features(model.head, feats.X[good])
-    ev = evaluate_probabilities(probs, to_model[imageset.labels[good]], model.class_names, paths=[str(imageset.paths[i]) for i in good])
-    ev.metrics["failed_images"] = {p: r for p, r in feats.errors.items()}
-    ev.metrics["features"] = feats.stats
-    return ev
-
-
 __all__ = [
     "Evaluation",
-    "Prediction",
-    "evaluate_model",
     "evaluate_probabilities",
     "expected_calibration_error",
-    "predict_images",
     "probabilities_from_features",
 ]

@@ -8,12 +8,62 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from transferkit.core.errors import TransferkitError
-from transferkit.evaluate.metrics import Prediction, predict_images
+from transferkit.evaluate.metrics import probabilities_from_features
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Top-k classes for one image, or why it could not be read."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "error": self.error or None, "predictions": [{"label": c, "probability": p} for c, p in self.top]}
+
+
+def model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device, decode_options=None):
+    from transferkit.features import extract_features
+
+    return extract_features(paths, model.backbone, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
+                            decode_options=decode_options)
+
+
+def predict_images(
+    model, paths: Sequence[str | Path], *, top_k: int = 5, engine: str = "auto", batch_size: int = 32,
+    cache: bool = True, progress: Callable[[int, int], None] | None = None, device: str | None = None,
+) -> list[Prediction]:
+    """Top-k predictions of a :class:`~transferkit.classifier.bundle.ClassifierModel` for image files.
+
+    Unreadable files get an ``error`` and the rest go on.
+    """
+    paths = [Path(p) for p in paths]
+    feats = model_features(model, paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
+    results = [Prediction(str(p)) for p in paths]
+    good = np.flatnonzero(feats.ok)
+    if len(good):
+        probs = probabilities_from_features(model.head, feats.X[good])
+        k = max(1, min(top_k, probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(good):
+            results[i].top = [(model.class_names[j], float(probs[row, j])) for j in order[row]]
+    for i, p in enumerate(paths):
+        if not feats.ok[i]:
+            results[i].error = feats.errors.get(str(p), "cannot read file")
+    return results
 
 CHUNK = 2048
 STREAM_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -22,7 +72,7 @@ CSV_HEADER = ["path", "rank", "label", "probability", "error"]
 
 def iter_predictions(model, paths: Sequence[str | Path], *, top_k: int = 5, chunk: int = CHUNK,
                      progress: Callable[[int, int], None] | None = None, **options) -> Iterator[Prediction]:
-    """:func:`~transferkit.evaluate.metrics.predict_images` over ``chunk`` files at a time, in order.
+    """:func:`predict_images` over ``chunk`` files at a time, in order.
 
     Memory stays bounded by the chunk, whatever the number of files; ``options`` go to ``predict_images``.
     """
@@ -133,4 +183,4 @@ def predict_to_file(model, paths: Sequence[str | Path], out: str | os.PathLike, 
     return {"total": len(paths), "skipped_done": len(paths) - len(todo), "written": writer.written, "failed": failed}
 
 
-__all__ = ["CSV_HEADER", "PredictionWriter", "csv_rows", "iter_predictions", "predict_to_file"]
+__all__ = ["CSV_HEADER", "Prediction", "predict_images", "PredictionWriter", "csv_rows", "iter_predictions", "predict_to_file"]

@@ -19,7 +19,7 @@ def predict_proba(model, images, *, batch_size: int = 64, tta: str = "none") -> 
 
 
 def evaluate_tta(model, images, *, tta: str = "flip", batch_size: int = 64):
-    """:func:`transferkit.evaluate.metrics.evaluate_model` with test-time augmentation (labels matched by class name).
+    """:func:`transferkit.evaluate.model.evaluate_model` with test-time augmentation (labels matched by class name).
 
     Unreadable images are skipped and listed in ``metrics["failed_images"]``.
     """

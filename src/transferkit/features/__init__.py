@@ -19,7 +19,7 @@ _EXPORTS = {
     "PRECISIONS": "engines",
     "TorchEngine": "engines",
     "TorchVariantEngine": "engines",
-    "create_engine": "engines",
+    "create_engine": "select",
     "weights_digest": "engines",
     "Features": "extract",
     "cached_features": "extract",

@@ -303,42 +303,6 @@ class OnnxEngine:
         )
 
 
-def create_engine(backbone: nn.Module, engine: str = "auto", *, cache_dir: Path | None = None, device: str | None = None,
-                  precision: str = "fp32"):
-    """The engine to extract features with.
-
-    Args:
-        backbone: a PixelModel (frozen; put in eval mode).
-        engine: ``"auto"`` (the fastest faithful engine measured on this machine, see
-            :func:`transferkit.features.select.choose_engine`; the decision is cached),
-            ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
-        cache_dir: where exported graphs and engine decisions are kept; ``None`` (no cache):
-            nothing is written under the cache, graphs are exported to a temporary folder.
-        device: torch device for the torch engines (default: CUDA when available).
-        precision: ``"fp32"`` (default), ``"auto"`` or ``"bf16"`` / ``"fp16"`` (reduced precision,
-            asked for knowingly; its features are cached under their own key).
-
-    Raises:
-        EngineError: unknown engine or precision, or the engine asked for is unusable.
-    """
-    name, _ = plan_engine(engine, precision, device)
-    backbone.eval()
-    cache_dir = Path(cache_dir) if cache_dir is not None else None  # None: --no-cache, write nothing there
-    if engine == "auto":
-        from transferkit.features.select import choose_engine
-
-        choice = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir)
-        try:
-            return choice.engine(backbone, cache_dir=cache_dir, device=device)
-        except EngineError as exc:
-            if not choice.cached:
-                raise
-            log.warning("cached engine decision %s unusable now (%s); measuring again", choice.name, exc)
-            again = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir, refresh=True)
-            return again.engine(backbone, cache_dir=cache_dir, device=device)
-    return build_engine(name, backbone, cache_dir=cache_dir, device=device)
-
-
 # --- Engines for measured selection: OpenVINO (fp32 / bf16) and torch CPU/CUDA variants ---------
 # (``transferkit.features.select`` measures these and picks the fastest faithful one.)
 

@@ -187,7 +187,7 @@ def extract_features(
     Returns:
         :class:`Features`; undecodable images are reported in ``errors``, not raised.
     """
-    from transferkit.features.engines import create_engine
+    from transferkit.features.select import create_engine
 
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]

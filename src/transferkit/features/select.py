@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.features import engines as engine_module
+
 log = logging.getLogger(__name__)
 
 SELECT_VERSION = 1
@@ -130,12 +132,10 @@ class EngineChoice:
 
         ``cache_dir``: where exported graphs are kept (``None``: a temporary folder).
         """
-        from transferkit.features.engines import build_engine
-
         if self._built is not None:
             built, self._built = self._built, None  # hand it over once; engines hold big buffers
             return built
-        return build_engine(self.name, backbone, cache_dir=cache_dir, device=device or self.machine.get("device"))
+        return engine_module.build_engine(self.name, backbone, cache_dir=cache_dir, device=device or self.machine.get("device"))
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_built"}
@@ -385,9 +385,7 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
         EngineError: unknown precision, or no candidate could run at all.
     """
     from transferkit.features.engines import (
-        EngineError,
         TorchEngine,
-        build_engine,
         check_precision,
     )
 
@@ -424,7 +422,7 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
             c.note = f"not installed (pip install {module})"
             continue
         try:
-            engine = build_engine(name, model, cache_dir=cache_dir, device=device)
+            engine = engine_module.build_engine(name, model, cache_dir=cache_dir, device=device)
             got = np.asarray(engine(pixels), dtype=np.float32)  # also the warm-up run
         except Exception as exc:  # noqa: BLE001 - any engine that cannot run here is a rejected candidate
             c.note = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
@@ -433,12 +431,12 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
             continue
         if reference is None:
             if not (name in ("torch", "torch-cuda") and isinstance(engine, TorchEngine)):
-                raise EngineError(f"the fp32 reference engine could not run ({c.note})")
+                raise engine_module.EngineError(f"the fp32 reference engine could not run ({c.note})")
             reference, ref_top1 = got, _top1(model, got)
         judge(c, reference, got, ref_top1=ref_top1, got_top1=_top1(model, got), precision_asked=precision)
         engines[name] = engine
     if reference is None:
-        raise EngineError("no engine could run: " + "; ".join(f"{c.name}: {c.note}" for c in candidates.values()))
+        raise engine_module.EngineError("no engine could run: " + "; ".join(f"{c.name}: {c.note}" for c in candidates.values()))
     _measure(engines, pixels, candidates, budget_s)
 
     usable = [c for c in candidates.values() if c.faithful and c.allowed and c.images_per_s]
@@ -460,3 +458,36 @@ def choose_engine(model, *, precision: str = "fp32", device: str | None = None, 
     log.info("engine: %s (measured in %.1f s)", reason, choice.seconds)
     return choice
 
+
+def create_engine(backbone, engine: str = "auto", *, cache_dir: Path | None = None, device: str | None = None,
+                  precision: str = "fp32"):
+    """The engine to extract features with.
+
+    Args:
+        backbone: a PixelModel (frozen; put in eval mode).
+        engine: ``"auto"`` (the fastest faithful engine measured on this machine, see
+            :func:`choose_engine`; the decision is cached),
+            ``"torch"``, ``"onnxruntime"`` or ``"openvino"``.
+        cache_dir: where exported graphs and engine decisions are kept; ``None`` (no cache):
+            nothing is written under the cache, graphs are exported to a temporary folder.
+        device: torch device for the torch engines (default: CUDA when available).
+        precision: ``"fp32"`` (default), ``"auto"`` or ``"bf16"`` / ``"fp16"`` (reduced precision,
+            asked for knowingly; its features are cached under their own key).
+
+    Raises:
+        engine_module.EngineError: unknown engine or precision, or the engine asked for is unusable.
+    """
+    name, _ = engine_module.plan_engine(engine, precision, device)
+    backbone.eval()
+    cache_dir = Path(cache_dir) if cache_dir is not None else None  # None: --no-cache, write nothing there
+    if engine == "auto":
+        choice = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir)
+        try:
+            return choice.engine(backbone, cache_dir=cache_dir, device=device)
+        except engine_module.EngineError as exc:
+            if not choice.cached:
+                raise
+            log.warning("cached engine decision %s unusable now (%s); measuring again", choice.name, exc)
+            again = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir, refresh=True)
+            return again.engine(backbone, cache_dir=cache_dir, device=device)
+    return engine_module.build_engine(name, backbone, cache_dir=cache_dir, device=device)
