@@ -192,8 +192,9 @@ def test_a_slow_request_does_not_hold_up_others(exported, max_concurrent):
         assert done["slow.jpg"] - start >= 3.0
         if max_concurrent > 1:
             assert done["fast.jpg"] - start < 2.5 and done["fast.jpg"] < done["slow.jpg"]
-        else:
-            assert done["fast.jpg"] > done["slow.jpg"]
+        else:  # it waited for the slow one: measured on the fast client's own clock (the two client
+            # threads may record their times in either order once both responses are in)
+            assert done["fast.jpg"] - start >= 3.0
     finally:
         server.should_exit = True
         thread.join(timeout=10)
