@@ -104,8 +104,6 @@ def train(
         return
     with extraction_progress() as progress:
         result = run_train(config, progress=progress)
-    if result.unused:
-        output.warn(result.unused.summary())
     if fmt == "json":
         output.print_json({"bundle": str(result.bundle_path) if result.bundle_path else None,
                            "report": str(result.report_path) if result.report_path else None,
