@@ -134,7 +134,7 @@ def test_openvino_without_a_cache_leaves_nothing_behind(tiny_backbone):
     pytest.importorskip("openvino")
     engine = create_engine(tiny_backbone, "openvino", cache_dir=None)
     assert not engine.path.exists()
-    assert engine(engines_mod._probe_pixels(tiny_backbone.spec, 3)).shape == (3, tiny_backbone.num_features)
+    assert engine(engines_mod.synthetic_probe_pixels(tiny_backbone.spec, 3)).shape == (3, tiny_backbone.num_features)
 
 
 def _judged(precision_asked, *, cand_precision="bf16", noise=1e-3, top1_same=True):

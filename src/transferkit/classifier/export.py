@@ -38,7 +38,7 @@ from transferkit.classifier.bundle import ClassifierModel, load_bundle, read_bun
 from transferkit.classifier.bundle_files import BUNDLE_JSON
 from transferkit.core.atomic import atomic_write
 from transferkit.core.errors import TransferkitError
-from transferkit.features.engines import _probe_pixels, _Uint8Features, cpu_threads
+from transferkit.features.engines import Uint8Features, cpu_threads, synthetic_probe_pixels
 from transferkit.runtime.model import (
     FORMAT,
     FORMAT_VERSION,
@@ -83,7 +83,7 @@ class _ProbabilityGraph(nn.Module):
 
     def __init__(self, model: ClassifierModel) -> None:
         super().__init__()
-        self.features = _Uint8Features(model)  # permute, cast, /255, then model.forward_features
+        self.features = Uint8Features(model)  # permute, cast, /255, then model.forward_features
         self.head = model.head
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ def _onnx_probabilities(session, pixels: np.ndarray) -> np.ndarray:
 
 
 def _trace_to_onnx(model: ClassifierModel, path: Path) -> None:
-    example = torch.from_numpy(_probe_pixels(model.spec))
+    example = torch.from_numpy(synthetic_probe_pixels(model.spec))
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
         torch.onnx.export(_ProbabilityGraph(model).eval().cpu(), (example,), str(path), input_names=[INPUT_NAME],
@@ -190,7 +190,7 @@ def check_fp32(model: ClassifierModel, path: Path, photos: Sequence[Path] = ()) 
         ExportError: the largest difference is ``FP32_MAX_ABS_DIFF`` or more, or a top-1 differs.
     """
     real, names = _check_photos(model.spec, photos)
-    pixels = np.concatenate([real, _probe_pixels(model.spec, 2)])
+    pixels = np.concatenate([real, synthetic_probe_pixels(model.spec, 2)])
     expected = torch_probabilities(model, pixels)
     got = _onnx_probabilities(open_session(path), pixels)
     diff = float(np.abs(expected - got).max()) if got.shape == expected.shape else float("inf")

@@ -19,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from transferkit.backbones.spec import BackboneSpec
 from transferkit.core.errors import TransferkitError
+from transferkit.runtime.decode import to_rgb  # one mode conversion for the bundle and its runtime
 
 logger = logging.getLogger(__name__)
 
@@ -102,28 +103,6 @@ def pil_interpolation(name: str) -> Image.Resampling:
         return _INTERPOLATIONS[name]
     except KeyError:
         raise ValueError(f"unknown interpolation {name!r}; use one of {sorted(_INTERPOLATIONS)}") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode to RGB; transparent pixels are composited onto white, always the same way."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = (hi - lo) or 1.0
-        img = Image.fromarray(((arr - lo) / scale * 255.0 + 0.5).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def open_rgb(
@@ -247,7 +226,7 @@ def _decode_once(source, *, max_pixels, draft_size, draft_scale) -> tuple[Image.
                         img = rotated if rotated is not None else img
                     except Exception:  # a broken EXIF block must not cost a good photo
                         logger.debug("ignoring unreadable EXIF orientation")
-                return _to_rgb(img), info
+                return to_rgb(img), info
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from transferkit.core.errors import TransferkitError
+from transferkit.core.machine import cpu_threads
 from transferkit.core.paths import cache_unusable, describe_os_error
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ STALE_EXPORT_SECONDS = 30 * 60
 class EngineError(TransferkitError):
     """An extraction engine cannot be used (unknown name, missing runtime, failed export)."""
 
-
-def cpu_threads() -> int:
-    """Threads worth giving the compute engine: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -68,7 +62,7 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-class _Uint8Features(nn.Module):
+class Uint8Features(nn.Module):
     """uint8 NHWC pixels -> pooled features; the graph that gets exported."""
 
     def __init__(self, backbone: nn.Module) -> None:
@@ -104,7 +98,7 @@ class TorchEngine:
         return feats.float().cpu().numpy()
 
 
-def _probe_pixels(spec, n: int = 2) -> np.ndarray:
+def synthetic_probe_pixels(spec, n: int = 2) -> np.ndarray:
     # Smooth random images (not white noise) so the probe exercises realistic activations.
     g = np.random.default_rng(1234)
     small = g.integers(0, 256, (n, 8, 8, 3)).astype(np.float32)
@@ -172,8 +166,8 @@ def onnx_export_dir(cache_dir: Path | None) -> tuple[Path, bool]:
 
 
 def _export_to(backbone: nn.Module, file: str) -> None:
-    wrapper = _Uint8Features(backbone).eval().cpu()
-    example = torch.from_numpy(_probe_pixels(backbone.spec))
+    wrapper = Uint8Features(backbone).eval().cpu()
+    example = torch.from_numpy(synthetic_probe_pixels(backbone.spec))
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
         torch.onnx.export(
@@ -285,7 +279,7 @@ class OnnxEngine:
         self.max_abs_diff = self._check_against_torch(backbone)
 
     def _check_against_torch(self, backbone: nn.Module) -> float:
-        pixels = _probe_pixels(backbone.spec)
+        pixels = synthetic_probe_pixels(backbone.spec)
         expected = TorchEngine(backbone, "cpu")(pixels)
         got = self(pixels)
         diff = float(np.abs(expected - got).max()) if got.shape == expected.shape else float("inf")
@@ -330,7 +324,7 @@ def engine_precision(engine) -> str:
     return "fp32"
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     denom = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
     return np.where(denom > 0, (a64 * b64).sum(1) / np.maximum(denom, 1e-300), 1.0)
@@ -445,13 +439,13 @@ class OpenVinoEngine:
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own RuntimeError kinds
             raise EngineError(f"OpenVINO cannot compile {self.path} ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, min(n, self.threads)))]
-        pixels = _probe_pixels(backbone.spec)
+        pixels = synthetic_probe_pixels(backbone.spec)
         expected = TorchEngine(backbone, "cpu")(pixels)
         got = self(pixels)
         if got.shape != expected.shape:
             raise EngineError(f"OpenVINO output has shape {got.shape}, PyTorch {expected.shape}")
         self.max_abs_diff = float(np.abs(expected - got).max())
-        self.min_cosine = float(_cosines(expected, got).min())
+        self.min_cosine = float(cosines(expected, got).min())
         if self.precision == "fp32" and not self.max_abs_diff < ONNX_MAX_ABS_DIFF:
             raise EngineError(f"OpenVINO output differs from PyTorch by {self.max_abs_diff:.2e} (limit {ONNX_MAX_ABS_DIFF:g})")
         if self.precision != "fp32" and not self.min_cosine >= REDUCED_SANITY_MIN_COSINE:

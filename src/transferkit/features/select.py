@@ -226,7 +226,7 @@ def candidate_names(device: str, *, precision: str, include_all: bool = False, c
 def probe_pixels(spec, n: int = PROBE_BATCH) -> np.ndarray:
     """``[n, S, S, 3]`` uint8: sample photos (and flipped / rotated copies) first, synthetic images after."""
     from transferkit.data.samples import sample_photos
-    from transferkit.features.engines import _probe_pixels
+    from transferkit.features.engines import synthetic_probe_pixels
     from transferkit.features.preprocess import decode_uint8
 
     photos: list[np.ndarray] = []
@@ -242,7 +242,7 @@ def probe_pixels(spec, n: int = PROBE_BATCH) -> np.ndarray:
     views = [lambda x: x, lambda x: x[:, ::-1], np.rot90, lambda x: np.rot90(x, 3)]
     images = [np.ascontiguousarray(view(px)) for view in views for px in photos][:n]
     if len(images) < n:
-        images += list(_probe_pixels(spec, n - len(images)))
+        images += list(synthetic_probe_pixels(spec, n - len(images)))
     return np.stack(images)
 
 
@@ -259,12 +259,12 @@ def _top1(backbone, feats: np.ndarray) -> np.ndarray | None:
 def judge(c: Candidate, reference: np.ndarray, got: np.ndarray, *, ref_top1: np.ndarray | None, got_top1: np.ndarray | None,
           precision_asked: str) -> Candidate:
     """Fill ``c``'s faithfulness numbers and verdicts (the rule in the module docstring)."""
-    from transferkit.features.engines import _cosines
+    from transferkit.features.engines import cosines
 
     if got.shape != reference.shape or not np.isfinite(got).all():
         c.faithful, c.allowed, c.note = False, False, f"output shape {got.shape} or non-finite values"
         return c
-    cos = _cosines(reference, got)
+    cos = cosines(reference, got)
     c.max_abs_diff = float(np.abs(reference - got).max())
     c.cosine_median, c.cosine_min = float(np.median(cos)), float(cos.min())
     c.top1_agreement = float((ref_top1 == got_top1).mean()) if ref_top1 is not None and got_top1 is not None else None

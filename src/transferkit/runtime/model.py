@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.core.errors import TransferkitError
+from transferkit.core.machine import cpu_threads
 from transferkit.runtime.decode import (
     DEFAULT_MAX_PIXELS,
     Geometry,
@@ -42,13 +43,6 @@ LAYOUT = "NHWC"
 class ModelFileError(TransferkitError):
     """An exported model file is missing, unreadable or not a transferkit export."""
 
-
-def cpu_threads() -> int:
-    """The cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
