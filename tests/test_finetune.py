@@ -442,7 +442,11 @@ def test_auto_falls_back_to_the_probe_on_all_training_images_when_no_epoch_beats
                       finetune=finetune_recipe("auto", "cpu", lr=60.0, epochs=1, schedule="constant", grad_clip=None, warmup_frac=0.0),
                       lr_candidates=(60.0,))
     result = train(cfg)
-    assert result.metrics["auto"]["mode"] == "probe" and "no fine-tuned epoch beat the probe" in result.metrics["auto"]["reason"]
+    assert result.metrics["auto"]["mode"] == "probe" and "no fine-tune was clearly better than the probe" in result.metrics["auto"]["reason"]
+    compared = {c["name"]: c for c in result.metrics["auto"]["candidates"]}
+    assert compared["probe"]["chosen"] and compared["probe"]["n"] == 16  # scored on the 16 validation images
+    assert compared["fine-tuned"]["versus"] == "probe" and {"b", "c", "p_better"} <= set(compared["fine-tuned"]["comparison"])
+    assert "McNemar" in result.metrics["auto"]["rule"]
     assert result.metrics.get("mode") != "finetune" and result.metrics["head"]["type"] == "logistic"
     assert result.metrics["images"] == {"train": 48, "val": 16, "test": 16}
     assert "auto_finetune_tried" in result.metrics["timings"]
@@ -527,7 +531,7 @@ def test_trunk_cache_key_changes_when_an_image_is_edited_in_place(tiny_image_fol
     assert _trunk_cache_key(cfg, ims, spec) != before
 
 
-def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_which_won(tmp_path, capsys):
+def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_what_it_compared(tmp_path, capsys):
     from transferkit.cli.main import main
 
     root = _two_colour_folder(tmp_path / "data", per_class=34)  # auto's rule needs >= 20 training images per class
@@ -536,4 +540,7 @@ def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_which_won(tmp_pa
     out = capsys.readouterr().out
     assert code == 0, out
     assert "--mode auto chose" in out
-    assert "candidate lr 0.0003" in out and "candidate lr 0.002" in out and out.count("<- chosen") == 1
+    assert "candidate lr 0.0003" in out and "candidate lr 0.002" in out
+    # every model compared on the same validation images, one kept, with the paired test against the probe
+    flat = " ".join(out.replace("│", " ").split())  # the table wraps long cells
+    assert "compared: probe" in flat and "compared: fine-tuned" in flat and flat.count("<- kept") == 1 and "vs probe: +" in flat

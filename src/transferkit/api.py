@@ -41,7 +41,7 @@ class Classifier:
         mode: ``"auto"`` (decides on validation data), ``"probe"`` (frozen features + a head) or ``"finetune"``.
         weights: ``"auto"``, a weights file, ``"package"``, ``"hub"`` or ``"none"`` (random).
         head: the probe's head, ``"logistic"`` or ``"mlp"``.
-        C: the logistic head's fixed inverse L2 strength (``None``: chosen on validation data).
+        C: the logistic head's fixed inverse L2 strength (``None``: chosen by cross-validation).
         class_weight: ``None`` or ``"balanced"``.
         finetune: fine-tuning settings (``None``: the mode's recipe).
         lr_candidates: learning rates fine-tuning compares on validation data.

@@ -41,14 +41,35 @@ def extraction_progress(description: str = "extracting features") -> Iterator[Ca
             bar.stop()
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"5m"``, ``"1.5h"`` or ``"none"`` (no limit); one clear error otherwise."""
+    t = text.strip().lower()
+    if t in ("none", "inf", "unlimited"):
+        return float("inf")
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    number = t[:-1] if scale else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise output.fail(f"--time-budget {text!r} is not a duration; use e.g. 90s, 5m, 1h or none")
+    return value
+
+
 def train(
     data: Path = typer.Argument(..., help="dataset folder or CSV (see `transferkit data inspect`)"),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name; see `transferkit backbones`"),
+    backbone: str = typer.Option(None, "--backbone", "-b",
+                                 help="timm name; see `transferkit backbones` (default efficientnet_lite0; --mode auto then also compares Lite1/Lite2)"),
     mode: str = typer.Option("probe", "--mode", help=(
-        "probe (frozen features + head), finetune (LP-FT: probe-initialised head, staged unfreezing, frozen BatchNorm) or "
-        "auto: probe if the smallest class has < 20 training images; else finetune (GPU: whole network; CPU: top blocks on "
-        "cached trunk activations up to 20000 training images, two learning rates compared on validation, the probe kept if "
-        "neither beats it; probe above 20000)")),
+        "probe (frozen features + head), finetune (LP-FT: probe-initialised head; on a CPU the top blocks on cached trunk "
+        "activations, two learning rates compared on validation) or auto: compares the probe on EfficientNet-Lite0/1/2, then "
+        "the probe, the fine-tune and their weight average on validation images, and keeps the probe unless a candidate is "
+        "clearly better (McNemar p < 0.05); within --time-budget")),
+    time_budget: str = typer.Option(None, "--time-budget", help="--mode auto: how long to spend comparing, e.g. 5m, 90s, 1h or none "
+                                                               "(default 15m); what does not fit is skipped and reported"),
+    backbones: str = typer.Option(None, "--backbones", help="--mode auto: comma-separated backbones whose probes to compare "
+                                                           "(the first is the default choice)"),
     out: Path = typer.Option(Path("model"), "--out", "-o", help="bundle directory to write"),
     engine: str = typer.Option("auto", "--engine", help="feature engine: auto, torch or onnxruntime"),
     seed: int = typer.Option(0, "--seed", help="seed for the split and the head"),
@@ -90,8 +111,13 @@ def train(
              "unfreeze": int(unfreeze) if unfreeze and unfreeze.isdigit() else unfreeze,
              "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None, "resume": resume or None}
     given = {k: v for k, v in given.items() if v is not None}
+    names = tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None
+    if names and mode != "auto":
+        raise output.fail("--backbones compares backbones under --mode auto only; use --backbone NAME for one backbone")
+    chosen_backbone = backbone or (names[0] if names else "efficientnet_lite0")
     config = TrainConfig(
-        data=str(data), backbone=backbone, weights=weights, mode=mode, out=str(out), engine=engine, head=head,
+        data=str(data), backbone=chosen_backbone, time_budget=parse_duration(time_budget) if time_budget else None,
+        backbone_candidates=names if names else ((chosen_backbone,) if backbone else None), weights=weights, mode=mode, out=str(out), engine=engine, head=head,
         val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight, C=c_value,
         format=data_format, cache=not no_cache, report=not no_report, device=device,
         finetune=finetune_recipe(mode, device, **given) if mode != "probe" and given else None,
@@ -111,7 +137,8 @@ def train(
         if result.report_error:
             output.warn(f"the bundle was saved but its report was not: {result.report_error}")
         return
-    output.print_table(f"trained {backbone} ({mode})", ("", ""), _result_rows(result))
+    trained = result.auto.backbone if result.auto is not None and result.auto.backbone else chosen_backbone
+    output.print_table(f"trained {trained} ({mode})", ("", ""), _result_rows(result))
     if result.bundle_path:
         output.info(f"model bundle: {result.bundle_path}")
     if result.report_path:
@@ -133,6 +160,13 @@ def _result_rows(result) -> list[tuple[str, str]]:
         rows += [(f"{s} macro F1", f"{m['macro_f1']:.4f}"), (f"{s} calibration error (ECE)", f"{m['ece']:.4f}")]
     if result.auto is not None:
         rows.append(("--mode auto chose", f"{result.auto.mode}: {result.auto.reason}"))
+        for c in result.auto.candidates:
+            if c.note:
+                rows.append((f"  compared: {c.name}", c.note))
+                continue
+            cmp = f"; vs {c.versus}: +{c.comparison['b']}/-{c.comparison['c']}, p={c.comparison['p_better']:.3g}" if c.comparison else ""
+            rows.append((f"  compared: {c.name}", f"{c.stage} stage, {c.n} images: accuracy {c.accuracy:.4f}, log loss {c.log_loss:.4f}, "
+                                                 f"{c.seconds:.0f}s{cmp}{' <- kept' if c.chosen else ''}"))
     ft = result.finetune
     if ft is not None:
         cfg = ft.config
@@ -147,7 +181,7 @@ def _result_rows(result) -> list[tuple[str, str]]:
     if result.split_note:
         rows.append(("note", result.split_note))
     if ft is None and result.head is not None:
-        rows.append(("head", result.head.kind + (f" (C={result.head.C:.4g}, chosen on validation data)" if result.head.C is not None
+        rows.append(("head", result.head.kind + (f" (C={result.head.C:.4g}, chosen by cross-validation)" if result.head.C is not None
                                                  and result.config.C is None else f" (C={result.head.C:.4g})" if result.head.C is not None else "")))
         f = result.features
         rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, "

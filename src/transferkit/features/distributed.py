@@ -178,6 +178,17 @@ def barrier() -> None:
     dist.barrier(group=_comm_group())
 
 
+def broadcast_from_main(obj):
+    """``obj`` as rank 0 has it, on every rank (itself in a single process): a decision made once."""
+    if not world(init=False).enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_comm_group())
+    return box[0]
+
+
 def shard_of(content_hash: str | None, world_size: int) -> int:
     """The rank that extracts the image with this sha256 (unreadable files, ``None``: rank 0)."""
     if not content_hash or world_size <= 1:
@@ -424,4 +435,4 @@ def extract_features_distributed(
     return Features(X=X, ok=ok, errors=errors, model_key=key, stats=stats)
 
 
-__all__ = ["DistributedError", "World", "barrier", "extract_features_distributed", "is_main_process", "shard_of", "world"]
+__all__ = ["DistributedError", "World", "barrier", "broadcast_from_main", "extract_features_distributed", "is_main_process", "shard_of", "world"]

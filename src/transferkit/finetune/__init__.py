@@ -10,6 +10,7 @@ Entry points:
   training resolution).
 - :func:`lr_find` / :func:`plot_lr_find`: the learning-rate range test.
 - :func:`tta_predict_proba`: test-time augmentation for evaluation.
+- :func:`interpolate_weights`: the probe and the fine-tuned network averaged in weight space (WiSE-FT).
 
 Names are imported on first use (PEP 562), so ``FinetuneConfig`` is available without PyTorch.
 """
@@ -24,7 +25,7 @@ _LAZY = {
     "FinetuneResult": "loop", "StepInfo": "loop", "evaluate": "loop", "finetune": "loop",
     "LrFindResult": "lr_range", "lr_find": "lr_range", "plot_lr_find": "lr_range",
     "TTA_MODES": "transforms", "eval_transform": "transforms", "train_transform": "transforms",
-    "tta_predict_proba": "transforms", "tta_views": "transforms",
+    "tta_predict_proba": "transforms", "tta_views": "transforms", "interpolate_weights": "interpolate",
 }
 
 

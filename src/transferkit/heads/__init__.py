@@ -1,8 +1,9 @@
 """Classifier heads on frozen features, following the scikit-learn estimator contract.
 
 - :class:`LogisticHead`: multinomial logistic regression on standardised features, with the L2
-  strength ``C`` chosen on validation data (the standard linear-probe protocol), then refitted on
-  train + validation.
+  strength ``C`` chosen on given validation data (then refitted on train + validation) or, without
+  it, by stratified 5-fold cross-validation as ``GridSearchCV`` does (what the probe mode uses); its
+  out-of-fold probabilities are kept for paired comparisons.
 - :class:`MLPHead`: one hidden layer (ReLU, dropout) trained with AdamW and early stopping on
   validation loss.
 

@@ -1,53 +1,96 @@
-"""``--mode auto``: the rule that picks probe or fine-tuning, and the run that applies it."""
+"""``--mode auto``: compare candidate models on the same images and keep the probe unless one wins clearly.
+
+The decision, in two stages, all inside a time budget (:data:`AUTO_TIME_BUDGET` unless the user sets one):
+
+1. **Backbone.** The probe (logistic head, L2 strength by 5-fold cross-validation) on the features of
+   each offline backbone (:data:`AUTO_BACKBONES`: EfficientNet-Lite0/1/2), scored by its
+   out-of-fold predictions over every training image: each image is predicted by a fit that did not
+   see it, so all of them, not a small validation split, take part. Another backbone replaces the
+   configured one only if it is *clearly* better in a paired test on those images.
+2. **Model.** When :func:`choose_mode` allows fine-tuning and its estimated cost fits in what is left
+   of the budget: the cached-trunk LP-FT fine-tune (:func:`auto_finetune_config`, the learning rates
+   of :data:`AUTO_CPU_LRS`), and the probe and fine-tuned network averaged in weight space
+   (:func:`transferkit.finetune.interpolate_weights`), each scored on the validation images against
+   the probe fitted without them. A fine-tune replaces the probe only if it is clearly better there.
+
+"Clearly better" is McNemar's exact test on the images both models were scored on: more images won
+than lost and a one-sided p-value below :data:`AUTO_SWITCH_P`. Validation also chose the fine-tune's
+epoch and rate, which flatters it a little; the test's margin is what guards against that. Every
+candidate, its cost, its scores and the test go into ``result.auto`` and the report.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 
 from transferkit.finetune.config import FinetuneConfig
 from transferkit.pipeline.config import TrainConfig
 from transferkit.pipeline.finetune import train_finetune
-from transferkit.pipeline.result import AutoChoice, Candidate, TrainResult
+from transferkit.pipeline.result import AutoCandidate, AutoChoice, Candidate, TrainResult
 
 log = logging.getLogger(__name__)
 
 # --mode auto thresholds (see choose_mode).
 AUTO_MIN_PER_CLASS = 20
 AUTO_MAX_CPU_IMAGES = 20_000
+# The backbones auto compares when the configured one is among them and nothing else was asked for.
+AUTO_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# Default time budget of --mode auto, in seconds (--time-budget changes it).
+AUTO_TIME_BUDGET = 15 * 60.0
+# A candidate replaces the probe (or the configured backbone) only when McNemar's one-sided exact
+# p-value on the images compared is below this, with more images won than lost.
+AUTO_SWITCH_P = 0.05
+# Where the weight-space average sits between the probe (0) and the fine-tuned network (1).
+AUTO_WISE_ALPHA = 0.5
+# The cost model behind the budget, measured on the 2-core CPUs with EfficientNet-Lite0 (cats vs dogs,
+# 850 training images: 110 s for the cached-trunk fine-tune with two learning rates): seconds per
+# training image for the trunk pass of 4 views, and per training image per learning rate; seconds per
+# image of an eager validation pass. Other backbones scale by RELATIVE_COST; a GPU divides by GPU_SPEEDUP.
+FT_SECONDS_PER_IMAGE = (0.045, 0.04)
+EVAL_SECONDS_PER_IMAGE = 0.035
+RELATIVE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.6, "efficientnet_lite2": 2.3}
+GPU_SPEEDUP = 10.0
+DEFAULT_EXTRACTION_RATE = 60.0  # images/s when the first backbone's features all came from the cache
+BACKBONE_BUDGET_SHARE = 0.5  # extra backbones may use up to this share of the budget
 
 
 def choose_mode(class_counts: dict[str, int] | list[int], device: str = "auto") -> tuple[str, str]:
-    """The ``--mode auto`` rule: ``("probe" | "finetune", reason)``.
+    """Whether ``--mode auto`` may fine-tune at all: ``("probe" | "finetune", reason)``.
 
     1. Fewer than 20 training images in some class -> ``probe``: too little data for fine-tuning to
-       beat a linear probe on frozen features reliably.
-    2. A GPU (CUDA or Apple MPS) is available -> ``finetune`` (staged, ``strategy="full"``).
-    3. CPU only and at most 20,000 training images -> ``finetune`` with ``strategy="cached"``
-       (trunk activations cached once, top blocks trained), a few CPU-minutes; the learning rates
-       of :data:`AUTO_CPU_LRS` are compared on validation data, and the probe LP-FT starts from is
-       kept when no fine-tuned epoch beats it there (see :func:`auto_finetune_config`).
+       beat a linear probe on frozen features reliably (auto still compares backbones).
+    2. A GPU (CUDA or Apple MPS) is available -> ``finetune`` is tried (staged, ``strategy="full"``).
+    3. CPU only and at most 20,000 training images -> ``finetune`` is tried with ``strategy="cached"``
+       (trunk activations cached once, top blocks trained), if its estimate fits the time budget.
     4. CPU only and more images -> ``probe`` (fine-tuning would take hours on a CPU).
 
-    Whenever it fine-tunes (GPU or CPU) and no fine-tuned epoch beats the probe on validation,
-    ``--mode auto`` returns the probe mode's model instead, fitted on all training images.
+    Whatever is tried, the probe is kept unless a fine-tune beats it clearly (see the module).
     """
-    import torch
-
     counts = list(class_counts.values()) if isinstance(class_counts, dict) else list(class_counts)
     total = int(sum(counts))
     smallest = int(min(counts)) if counts else 0
     if smallest < AUTO_MIN_PER_CLASS:
         return "probe", f"the smallest class has {smallest} training images (< {AUTO_MIN_PER_CLASS}): a probe is safer"
-    has_gpu = (device == "auto" and (torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None
-                                                                   and torch.backends.mps.is_available()))) or device.startswith(("cuda", "mps"))
-    if has_gpu:
+    if _has_gpu(device):
         return "finetune", "a GPU is available: full staged fine-tuning"
     if total <= AUTO_MAX_CPU_IMAGES:
         return "finetune", f"CPU with {total} training images (<= {AUTO_MAX_CPU_IMAGES}): fine-tune the top blocks on cached activations"
     return "probe", f"CPU with {total} training images (> {AUTO_MAX_CPU_IMAGES}): fine-tuning would take hours, use the probe"
+
+
+def _has_gpu(device: str) -> bool:
+    if device.startswith(("cuda", "mps")):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or (mps is not None and mps.is_available())
 
 
 # --mode auto on a CPU tries these head learning rates (the layer groups below get less) and keeps
@@ -58,25 +101,22 @@ AUTO_CPU_LRS = (3e-4, 2e-3)
 
 
 def auto_finetune_config(device: str = "auto", **overrides) -> FinetuneConfig:
-    """The config ``--mode auto`` uses when it picks fine-tuning (cached top blocks on CPU).
+    """The fine-tuning recipe of ``--mode auto`` and ``--mode finetune`` (cached top blocks on CPU).
 
     On a CPU: the top 3 layer groups train on cached trunk activations of 4 views (light
     augmentation), 3 epochs, no label smoothing (it pulled LP-FT below the probe on cats vs dogs),
     the best validation epoch kept (epoch 0 = the probe). The learning rate is the first of
-    :data:`AUTO_CPU_LRS`; :func:`auto_candidates` lists the others ``--mode auto`` tries.
+    :data:`AUTO_CPU_LRS`; :func:`auto_lr_candidates` lists the ones compared. On a GPU: the library's
+    staged whole-network defaults.
     """
-    import torch
-
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available()
-                                 and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()))
     base = dict(strategy="cached", unfreeze=3, cached_views=4, epochs=3, head_epochs=0, lr=AUTO_CPU_LRS[0], label_smoothing=0.0,
-                augment="light") if on_cpu else {}
+                augment="light") if not _has_gpu(device) else {}
     base.update(overrides)
     return FinetuneConfig(**base)
 
 
 def auto_lr_candidates(config: FinetuneConfig) -> tuple[float, ...]:
-    """Learning rates ``--mode auto`` compares on validation: :data:`AUTO_CPU_LRS` on the CPU recipe
+    """Learning rates compared on validation: :data:`AUTO_CPU_LRS` on the CPU recipe
     (``strategy="cached"``), else the config's own rate alone."""
     return AUTO_CPU_LRS if config.strategy == "cached" else (config.lr,)
 
@@ -99,45 +139,304 @@ def _as_candidate(tuned: TrainResult) -> Candidate:
                      val_loss=row.get("val_loss", float("nan")), seconds=round(tuned.timings.get("finetune", 0.0), 2))
 
 
-def train_auto(config: TrainConfig, *, imageset=None, **kwargs) -> TrainResult | None:
-    """``--mode auto``: probe or fine-tune by :func:`choose_mode`; the probe wins unless a fine-tuned epoch beats it on validation."""
-    from transferkit.features.distributed import barrier, is_main_process
-    from transferkit.pipeline.data import load_config_imageset
+def backbone_candidates(config: TrainConfig) -> tuple[str, ...]:
+    """The backbones auto compares, the configured one first: ``config.backbone_candidates`` when set,
+    else :data:`AUTO_BACKBONES` when the configured backbone is one of them with its offline weights
+    (``weights="auto"``), else the configured backbone alone."""
+    if config.backbone_candidates is not None:
+        rest = [b for b in config.backbone_candidates if b != config.backbone]
+        return (config.backbone, *rest)
+    if config.backbone in AUTO_BACKBONES and config.weights == "auto":
+        return (config.backbone, *[b for b in AUTO_BACKBONES if b != config.backbone])
+    return (config.backbone,)
+
+
+def time_budget(config: TrainConfig) -> float:
+    """Seconds auto may spend (``inf``: no limit)."""
+    return AUTO_TIME_BUDGET if config.time_budget is None else float(config.time_budget)
+
+
+def estimate_finetune_seconds(n_train: int, n_val: int, lrs: tuple[float, ...], backbone: str, device: str) -> float:
+    """What the fine-tune candidates should cost (the budget's cost model; see :data:`FT_SECONDS_PER_IMAGE`)."""
+    trunk, per_lr = FT_SECONDS_PER_IMAGE
+    seconds = n_train * (trunk + per_lr * max(1, len(lrs))) + 2 * n_val * EVAL_SECONDS_PER_IMAGE
+    seconds *= RELATIVE_COST.get(backbone, 2.0)
+    return seconds / GPU_SPEEDUP if _has_gpu(device) else seconds
+
+
+def _correct(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.argmax(proba, axis=1) == y
+
+
+def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.log(p).mean()) if len(y) else float("nan")
+
+
+def _full_proba(head, proba: np.ndarray, num_classes: int) -> np.ndarray:
+    """Probabilities over every class index (columns of classes the head never saw are 0)."""
+    out = np.zeros((len(proba), num_classes), dtype=np.float64)
+    out[:, np.asarray(head.classes_, dtype=np.int64)] = proba
+    return out
+
+
+@dataclasses.dataclass
+class _BackboneScore:
+    name: str
+    feats: object
+    spec: object
+    backbone: object
+    oof_rows: np.ndarray | None = None
+    oof_correct: np.ndarray | None = None
+    row: AutoCandidate | None = None
+
+
+def _probe_cv(config: TrainConfig, X: np.ndarray, y: np.ndarray, rows: np.ndarray):
+    """The probe's logistic head fitted on ``rows`` with C by cross-validation, and its out-of-fold record."""
+    from transferkit.heads import create_head
+    from transferkit.pipeline.probe import head_options
+
+    head = create_head("logistic", **{k: v for k, v in head_options(config).items() if k != "C"})
+    head.fit(X[rows], y[rows])
+    return head
+
+
+def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, timings, budget, started) -> tuple[_BackboneScore, list]:
+    """Stage 1: features of each candidate backbone; the configured one unless another is clearly better."""
+    from transferkit.features.distributed import world
+    from transferkit.pipeline.probe import head_rows, probe_features
+
+    names = backbone_candidates(config)
+    if backbone is not None or world().enabled or config.head != "logistic" or config.C is not None:
+        names = names[:1]  # a given network, sharded ranks, or a head without CV: nothing to compare with
+    scores: list[_BackboneScore] = []
+    rate = None
+    for i, name in enumerate(names):
+        cfg_b = dataclasses.replace(config, backbone=name, mode="probe")
+        if i > 0:
+            est = len(data.paths) * RELATIVE_COST.get(name, 2.0) / max(rate or DEFAULT_EXTRACTION_RATE, 1e-3)
+            if _all_cached(cfg_b, data, cache):
+                est = 0.0
+            elapsed = time.perf_counter() - started
+            if elapsed + est > budget * BACKBONE_BUDGET_SHARE:
+                scores.append(_BackboneScore(name, None, None, None, row=AutoCandidate(
+                    f"probe {name}", "backbone", note=f"skipped: its features would take about {est:.0f} s and the budget "
+                    f"leaves {max(0.0, budget * BACKBONE_BUDGET_SHARE - elapsed):.0f} s for backbones")))
+                continue
+        t = time.perf_counter()
+        feats, spec, built = probe_features(cfg_b, data, cache, backbone if i == 0 else None, progress, timings)
+        score = _BackboneScore(name, feats, spec, built)
+        scores.append(score)
+        if i == 0:
+            rate = (feats.stats.get("images_per_s_computed") if feats is not None else None) or rate
+        if len(names) == 1 or feats is None:
+            break
+        split = np.asarray(data.split)
+        idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
+        rows = head_rows(idx)
+        head = _probe_cv(cfg_b, feats.X, data.labels, rows)
+        score.oof_rows = rows[head.oof_index_]
+        y = data.labels[score.oof_rows]
+        proba = head.oof_proba_
+        score.oof_correct = _correct(proba, np.searchsorted(head.classes_, y))
+        score.row = AutoCandidate(f"probe {name}", "backbone", n=len(y), accuracy=float(score.oof_correct.mean()),
+                                  log_loss=head.cv_summary["log_loss"], seconds=round(time.perf_counter() - t, 2))
+    chosen = scores[0]
+    if len(scores) > 1 and chosen.oof_correct is not None:
+        base = chosen
+        correct = {}
+        for s in scores[1:]:
+            if s.oof_correct is not None:
+                _, ia, ib = np.intersect1d(s.oof_rows, base.oof_rows, return_indices=True)
+                if len(ia) == len(base.oof_rows):  # the same images (the same readable files)
+                    correct[s.row.name] = s.oof_correct[ia][np.argsort(ib)]
+        winner = decide([s.row for s in scores], base.oof_correct, correct)
+        chosen = next(s for s in scores if s.row.name == winner)
+    return chosen, [s.row for s in scores if s.row is not None]
+
+
+def _all_cached(config: TrainConfig, data, cache) -> bool:
+    if cache is None:
+        return False
+    from transferkit.pipeline.probe import _remembered_features
+
+    try:
+        return _remembered_features(config, data.paths, cache) is not None
+    except Exception:  # noqa: BLE001 - a cache that cannot answer only costs the estimate
+        return False
+
+
+def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: TrainResult) -> tuple[str, list[AutoCandidate], object]:
+    """Stage 2 on rank 0: probe, fine-tuned and weight-averaged networks on the fine-tune's validation images.
+
+    Returns ``(name of the winner, rows, its network or None for the probe)``.
+    """
+    import torch
+
+    from transferkit.classifier.bundle import ClassifierModel
+    from transferkit.evaluate.tta import predict_proba
+    from transferkit.finetune.interpolate import interpolate_weights
+    from transferkit.pipeline.probe import build_backbone
+
+    ft = tuned.finetune
+    val, train = ft.val_images, ft.train_images
+    row_of = {str(p): i for i, p in enumerate(data.paths)}
+    feats = chosen.feats
+    t = time.perf_counter()
+    tr_rows = np.array([row_of[str(p)] for p in train.paths], dtype=np.int64)
+    va_rows = np.array([row_of[str(p)] for p in val.paths], dtype=np.int64)
+    tr_rows = tr_rows[feats.ok[tr_rows]]
+    y_val = np.asarray(val.labels)
+    cfg_b = dataclasses.replace(config, backbone=chosen.name, mode="probe")
+    head = _probe_cv(cfg_b, feats.X, data.labels, tr_rows)
+    probe_p = _full_proba(head, head.predict_proba(feats.X[va_rows]), data.num_classes)
+    ok = feats.ok[va_rows]  # an image the probe could not read counts as wrong for it
+    probe_correct = _correct(probe_p, y_val) & ok
+    rows = [AutoCandidate("probe", "model", n=len(y_val), accuracy=float(probe_correct.mean()), log_loss=_log_loss(probe_p[ok], y_val[ok]),
+                          seconds=round(time.perf_counter() - t, 2))]
+    nets: dict[str, object] = {}
+    t = time.perf_counter()
+    tuned_net = tuned.model.network()
+    p_ft = predict_proba(tuned_net, val)
+    rows.append(AutoCandidate("fine-tuned", "model", n=len(y_val), accuracy=float(_correct(p_ft, y_val).mean()),
+                              log_loss=_log_loss(p_ft, y_val), seconds=round(tuned.timings.get("finetune", 0.0) + time.perf_counter() - t, 2)))
+    nets["fine-tuned"] = tuned_net
+    correct = {"fine-tuned": _correct(p_ft, y_val)}
+    wise_name = f"probe + fine-tuned (weights averaged, alpha {AUTO_WISE_ALPHA:g})"
+    if ft.best_epoch == 0:
+        rows.append(AutoCandidate(wise_name, "model", note="skipped: the fine-tune kept epoch 0, the probe itself"))
+    else:
+        t = time.perf_counter()
+        try:
+            start = ClassifierModel(chosen.backbone if chosen.backbone is not None else build_backbone(cfg_b),
+                                    head.expand_module(data.num_classes), data.class_names).eval()
+            with torch.no_grad():
+                wise = interpolate_weights(start, tuned_net, AUTO_WISE_ALPHA)
+        except ValueError as exc:
+            rows.append(AutoCandidate(wise_name, "model", note=f"skipped: {exc}"))
+        else:
+            p_w = predict_proba(wise, val)
+            correct[wise_name] = _correct(p_w, y_val)
+            nets[wise_name] = wise
+            rows.append(AutoCandidate(wise_name, "model", n=len(y_val), accuracy=float(correct[wise_name].mean()),
+                                      log_loss=_log_loss(p_w, y_val), seconds=round(time.perf_counter() - t, 2)))
+    winner = decide(rows, probe_correct, correct)
+    return winner, rows, nets.get(winner)
+
+
+def decide(rows: list[AutoCandidate], baseline_correct: np.ndarray, correct: dict[str, np.ndarray]) -> str:
+    """The name of the row kept: ``rows[0]`` (the baseline) unless another is clearly better than it.
+
+    Each other row with an entry in ``correct`` (per-image correctness on the baseline's images) gets
+    its paired test against the baseline; among the clearly better ones (:data:`AUTO_SWITCH_P`) the
+    highest accuracy wins, then the lower log loss. Marks ``chosen`` on the rows.
+    """
+    from transferkit.evaluate.compare import mcnemar
+
+    winner, best = rows[0].name, None
+    for r in rows[1:]:
+        if r.name not in correct:
+            continue
+        cmp = mcnemar(correct[r.name], baseline_correct)
+        r.versus, r.comparison = rows[0].name, cmp.to_dict()
+        if cmp.clearly_better(AUTO_SWITCH_P) and (best is None or (r.accuracy, -r.log_loss) > (best.accuracy, -best.log_loss)):
+            winner, best = r.name, r
+    for r in rows:
+        r.chosen = r.name == winner
+    return winner
+
+
+RULE = (f"a candidate replaces the probe (or the configured backbone) only if, on the images both were scored on, it wins more "
+        f"images than it loses and McNemar's one-sided exact p < {AUTO_SWITCH_P:g}")
+
+
+def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=None) -> TrainResult | None:
+    """``--mode auto``: compare backbones and models as the module says; the probe wins unless a candidate wins clearly.
+
+    Under torchrun every rank shares the extraction and the fine-tune; rank 0 decides, evaluates and
+    saves, and the other ranks return ``None``.
+    """
+    from transferkit.features.cache import FeatureCache
+    from transferkit.features.distributed import barrier, broadcast_from_main, is_main_process
+    from transferkit.pipeline.data import load_config_imageset, load_split
+    from transferkit.pipeline.finetune import score_held_out
     from transferkit.pipeline.outputs import write_outputs
     from transferkit.pipeline.probe import _data_name, train_probe
 
+    started = time.perf_counter()
+    budget = time_budget(config)
     imageset = load_config_imageset(config, imageset)
+    data = load_split(config, imageset)
+    cache = FeatureCache() if config.cache else None
+    if cache is not None and not cache.available:
+        cache = None
+    timings: dict[str, float] = {}
+    chosen, rows = _compare_backbones(config, data, cache, backbone, progress, timings, budget, started)
+    config_b = dataclasses.replace(config, backbone=chosen.name)
+    if chosen.name != config.backbone:
+        log.info("--mode auto: %s is clearly better than %s on out-of-fold predictions", chosen.name, config.backbone)
     mode, reason = choose_mode(_class_counts_for_choice(config, imageset), device=config.device or "auto")
-    log.info("--mode auto chose %s: %s", mode, reason)
-    probe_config = dataclasses.replace(config, mode="probe")
-    if mode == "probe":
-        result = train_probe(probe_config, imageset=imageset, **kwargs)
-        if result is not None:
-            result.auto = AutoChoice(mode, reason)
-        return result
+    n_train = int((np.asarray(data.split) == "train").sum())
+    n_val = int((np.asarray(data.split) == "val").sum())
     base = config.finetune or auto_finetune_config(config.device or "auto")
     lrs = config.lr_candidates or auto_lr_candidates(base)
-    tuned = train_finetune(config, imageset=imageset, base=base, lrs=lrs, write=False, **kwargs)
-    if tuned.finetune.best_epoch != 0:  # the same on every rank: validation metrics are all-reduced
-        if not is_main_process():
-            barrier()
+    if mode == "finetune":
+        est = estimate_finetune_seconds(n_train, n_val or int(0.15 * n_train), lrs, chosen.name, config.device or "auto")
+        left = budget - (time.perf_counter() - started)
+        if est > left:
+            mode, reason = "probe", f"{reason}, but that should take about {est:.0f} s and the time budget leaves {max(left, 0):.0f} s"
+    log.info("--mode auto: %s (%s)", "comparing the probe with fine-tunes" if mode == "finetune" else "the probe", reason)
+
+    def finish_probe(why: str, model_rows: list[AutoCandidate], tried=(), tried_seconds=0.0) -> TrainResult | None:
+        choice = AutoChoice("probe", why, tried=list(tried), tried_seconds=tried_seconds, candidates=rows + model_rows,
+                            backbone=chosen.name, rule=RULE, time_budget=None if budget == float("inf") else budget)
+        result = train_probe(dataclasses.replace(config_b, mode="probe"), imageset=imageset,
+                             backbone=chosen.backbone if chosen.backbone is not None else backbone, progress=None, auto=choice)
+        if result is None:
             return None
-        tuned.auto = AutoChoice(mode, reason)
-        result = write_outputs(tuned, data_name=_data_name(config), kind="fine-tuned")
-        barrier()
+        if tried_seconds:
+            result.timings["auto_finetune_tried"] = tried_seconds
+        result.timings["auto_total"] = round(time.perf_counter() - started, 2)
         return result
-    # Validation preferred the probe LP-FT started from: that is the probe mode's model, fitted
-    # on every training image (the fine-tune may have held some out to choose its setting).
-    reason = f"{reason}; but no fine-tuned epoch beat the probe on validation, so the probe was fitted on all training images instead"
-    log.info("--mode auto: %s", reason)
-    result = train_probe(probe_config, imageset=imageset, **kwargs)
-    if result is None:
-        return None
+
+    if mode == "probe":
+        return finish_probe(reason, [])
+    tuned = train_finetune(config_b, imageset=imageset, backbone=chosen.backbone if chosen.backbone is not None else backbone,
+                           base=base, lrs=lrs, write=False, evaluate=False)
     tried = [dataclasses.replace(c, chosen=False) for c in tuned.finetune.candidates] or [_as_candidate(tuned)]
-    result.auto = AutoChoice("probe", reason, tried=tried, tried_seconds=tuned.timings.get("finetune", 0.0))
-    result.timings["auto_finetune_tried"] = result.auto.tried_seconds
+    winner, model_rows, net = "probe", [], None
+    if is_main_process():
+        if chosen.feats is None or tuned.finetune.val_images is None or not len(tuned.finetune.val_images):
+            model_rows = [AutoCandidate("fine-tuned", "model", note="not compared: no validation images")]
+        else:
+            winner, model_rows, net = _model_candidates(config, data, chosen, tuned)
+    winner = broadcast_from_main(winner)
+    if winner == "probe":
+        why = (f"{reason}; no fine-tune was clearly better than the probe on the validation images, so the probe was fitted "
+               f"on all training images")
+        log.info("--mode auto: %s", why)
+        return finish_probe(why, model_rows, tried, tuned.timings.get("finetune", 0.0))
+    if not is_main_process():
+        barrier()
+        return None
+    from transferkit.classifier.trained import TrainedModel
+
+    best = next(r for r in model_rows if r.chosen)
+    cmp = best.comparison
+    why = (f"{reason}; {winner} beat the probe on {best.n} validation images ({best.accuracy:.4f} vs "
+           f"{model_rows[0].accuracy:.4f}: {cmp['b']} won, {cmp['c']} lost, McNemar p = {cmp['p_better']:.3g})")
+    tuned.model = TrainedModel.from_network(net, include_backbone=True)
+    score_held_out(tuned, data, net)
+    tuned.auto = AutoChoice("finetune", why, tried=[dataclasses.replace(c, chosen=c.chosen) for c in tuned.finetune.candidates],
+                            candidates=rows + model_rows, backbone=chosen.name, rule=RULE,
+                            time_budget=None if budget == float("inf") else budget)
+    tuned.timings["auto_total"] = round(time.perf_counter() - started, 2)
+    log.info("--mode auto: %s", why)
+    result = write_outputs(tuned, data_name=_data_name(config), kind="fine-tuned")
+    barrier()
     return result
 
 
-__all__ = ["AUTO_CPU_LRS", "AUTO_MAX_CPU_IMAGES", "AUTO_MIN_PER_CLASS", "auto_finetune_config", "auto_lr_candidates",
-           "choose_mode", "train_auto"]
+__all__ = ["AUTO_BACKBONES", "AUTO_CPU_LRS", "AUTO_MAX_CPU_IMAGES", "AUTO_MIN_PER_CLASS", "AUTO_SWITCH_P", "AUTO_TIME_BUDGET",
+           "auto_finetune_config", "auto_lr_candidates", "backbone_candidates", "choose_mode", "decide", "estimate_finetune_seconds",
+           "train_auto"]

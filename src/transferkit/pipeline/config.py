@@ -25,7 +25,7 @@ class TrainConfig:
         out: bundle directory to write (``None``: do not save).
         engine: feature engine: ``"auto"``, ``"torch"`` or ``"onnxruntime"``.
         head: the probe's head, ``"logistic"`` or ``"mlp"``.
-        C: fixed inverse L2 strength of the logistic head (``None``: chosen on validation data).
+        C: fixed inverse L2 strength of the logistic head (``None``: chosen by 5-fold cross-validation on the rows it is fitted on).
         class_weight: ``None`` or ``"balanced"`` (for imbalanced classes; fine-tuning balances its loss).
         val, test: split fractions (a dataset's official split is kept when it has one).
         seed: seed for the split, the head and fine-tuning.
@@ -42,6 +42,11 @@ class TrainConfig:
             auto's CPU recipe compares :data:`transferkit.pipeline.auto.AUTO_CPU_LRS`, anything else
             uses ``finetune.lr`` alone).
         tta: test-time augmentation for a fine-tuned model's held-out metrics: ``"none"``, ``"flip"``, ``"flip-zoom"``.
+        time_budget: seconds ``mode="auto"`` may spend comparing candidates (``None``: its default,
+            :data:`transferkit.pipeline.auto.AUTO_TIME_BUDGET`; ``float("inf")``: no limit). The probe
+            of the configured backbone always runs; what does not fit is skipped and reported.
+        backbone_candidates: backbones ``mode="auto"`` compares probes of (``None``: EfficientNet-Lite0/1/2
+            when ``backbone`` is one of them with its offline weights; ``()``: ``backbone`` alone).
     """
 
     data: str = ""
@@ -66,6 +71,8 @@ class TrainConfig:
     finetune: FinetuneConfig | None = None
     lr_candidates: tuple[float, ...] | None = None
     tta: str = "none"
+    time_budget: float | None = None
+    backbone_candidates: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record of the settings (what bundles and reports store)."""

@@ -95,13 +95,14 @@ def finetune_candidates(train, val, base: FinetuneConfig, lrs: tuple[float, ...]
     return fit, cfg, table
 
 
-def _split_parts(config: TrainConfig, data, lrs):
+def split_parts(config: TrainConfig, data, lrs):
     """(train, val, test, carved): the parts of ``data``; validation carved from training when choosing needs it."""
     train = data.where_split("train")
     val = data.where_split("val") if "val" in data.split else None
     test = data.where_split("test") if "test" in data.split else None
     carved = False
-    if len(lrs) > 1 and (val is None or not len(val)):
+    # auto always needs validation images: it compares the fine-tune with the probe on them
+    if (len(lrs) > 1 or config.mode == "auto") and (val is None or not len(val)):
         from transferkit.data import split_imageset
 
         inner = split_imageset(train, val=CARVED_VAL_FRACTION, test=0.0, seed=config.seed, stratified=True, use_official=False)
@@ -111,22 +112,43 @@ def _split_parts(config: TrainConfig, data, lrs):
     return train, val, test, carved
 
 
+def score_held_out(result: TrainResult, data, network) -> TrainResult:
+    """Evaluate ``network`` on the run's test images (else its validation images, with a caveat) into ``result``."""
+    from transferkit.evaluate.metrics import evaluate_probabilities
+    from transferkit.evaluate.tta import predict_proba
+    from transferkit.pipeline.probe import timed
+
+    ft = result.finetune
+    test = data.where_split("test") if "test" in data.split else None
+    held_out, part = ("test", test) if test is not None and len(test) else ("val", ft.val_images) \
+        if ft.val_images is not None and len(ft.val_images) else ("", None)
+    if not held_out:
+        return result
+    with timed(result.timings, "evaluate"):
+        probs = predict_proba(network, part, tta=result.config.tta)
+        result.evaluation = evaluate_probabilities(probs, part.labels, data.class_names, paths=[str(p) for p in part.paths])
+    result.split = held_out
+    if held_out == "val":
+        result.split_note = ("the validation images also chose the epoch (and the setting): this accuracy is optimistic; "
+                             "keep a --test split for an unbiased number")
+    return result
+
+
 def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progress=None, base: FinetuneConfig | None = None,
-                   lrs: tuple[float, ...] | None = None, write: bool = True) -> TrainResult | None:
+                   lrs: tuple[float, ...] | None = None, write: bool = True, evaluate: bool = True) -> TrainResult | None:
     """Fine-tune as ``config`` says; evaluate on the held-out split; save the bundle (backbone included) and report.
 
     Args:
         base: fine-tuning settings when ``config.finetune`` is ``None`` (``--mode auto`` passes its recipe).
         lrs: learning rates to compare on validation (default: ``config.lr_candidates``, else the config's lr).
         write: save the bundle and report (``--mode auto`` saves only the run it keeps).
+        evaluate: score the held-out split (``--mode auto`` scores only the model it keeps).
 
     Under torchrun every rank trains (DDP); rank 0 alone evaluates and saves, and the other ranks
     return ``None`` (with ``write=False``: the result without an evaluation).
     """
     from transferkit.classifier.trained import TrainedModel
     from transferkit.data.unused import UnusedFiles
-    from transferkit.evaluate.metrics import evaluate_probabilities
-    from transferkit.evaluate.tta import predict_proba
     from transferkit.features.distributed import barrier, is_main_process
     from transferkit.pipeline.data import load_split
     from transferkit.pipeline.outputs import write_outputs
@@ -139,7 +161,7 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
     lrs = tuple(lrs if lrs is not None else (config.lr_candidates or ()))
     if backbone is None:
         backbone = build_backbone(config)
-    train, val, test, carved = _split_parts(config, data, lrs)
+    train, val, test, carved = split_parts(config, data, lrs)
     if len(train) == 0:
         raise DataError("the split left no training images; lower --val/--test")
     with timed(timings, "finetune"):
@@ -148,24 +170,17 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
     summary = FinetuneSummary(config=ft_cfg, history=fit.history, best_epoch=fit.best_epoch, strategy=fit.strategy, device=fit.device,
                               world_size=fit.world_size, timings=fit.timings, candidates=table,
                               chosen_on=(f"{len(val)} images held out of the training split" if carved else f"the {len(val)} validation images")
-                              if table else "")
+                              if table else "", train_images=train, val_images=val)
     result = TrainResult(model=TrainedModel.from_network(fit.model, include_backbone=True), config=config, finetune=summary,
                          unused=UnusedFiles.collect(data.report), timings=timings,
                          images={"train": len(train), "val": len(val) if val is not None else 0, "test": len(test) if test is not None else 0})
-    held_out, part = ("test", test) if test is not None and len(test) else ("val", val) if val is not None and len(val) else ("", None)
     if not main:  # another rank of a torchrun job: rank 0 evaluates and saves
         if write:
             barrier()
             return None
         return result
-    if held_out:
-        with timed(timings, "evaluate"):
-            probs = predict_proba(fit.model, part, tta=config.tta)
-            result.evaluation = evaluate_probabilities(probs, part.labels, data.class_names, paths=[str(p) for p in part.paths])
-        result.split = held_out
-        if held_out == "val" and table:
-            result.split_note = ("the validation images also chose the setting and the epoch: this accuracy is optimistic; "
-                                 "keep a --test split for an unbiased number")
+    if evaluate:
+        score_held_out(result, data, fit.model)
     if result.unused:
         log.warning("%s", result.unused.summary())
     if not write:
@@ -175,4 +190,4 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
     return result
 
 
-__all__ = ["finetune_candidates", "finetune_config_for", "train_finetune"]
+__all__ = ["finetune_candidates", "finetune_config_for", "score_held_out", "split_parts", "train_finetune"]

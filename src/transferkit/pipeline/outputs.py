@@ -24,8 +24,7 @@ def _report_writer(result: TrainResult, title: str):
     else:
         details["head"] = result.head.to_dict() if result.head else {}
     if result.auto is not None:
-        details["auto"] = {"mode": result.auto.mode, "reason": result.auto.reason,
-                           "tried": [c.to_dict() for c in result.auto.tried]}
+        details["auto"] = result.auto.to_dict()
 
     def write(folder: Path) -> Path:
         if result.finetune is not None:

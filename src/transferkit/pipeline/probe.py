@@ -101,14 +101,26 @@ def _rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
     return a[index]
 
 
+def head_rows(idx: dict[str, np.ndarray]) -> np.ndarray:
+    """The rows the probe's head is fitted on: the training rows, and the validation rows too when a
+    test split holds the evaluation (the held-out rows never shape the head).
+
+    The logistic head then chooses its L2 strength by 5-fold cross-validation on these rows, as
+    scikit-learn's ``GridSearchCV`` does, rather than on one small validation split.
+    """
+    if len(idx.get("test", ())) and len(idx["val"]):
+        return np.union1d(idx["train"], idx["val"])
+    return idx["train"]
+
+
 def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[HeadWeights, HeadSummary, bool]:
-    """``(head weights, summary, served from cache)`` of the head fitted on the training rows (C chosen on validation rows)."""
+    """``(head weights, summary, served from cache)`` of the head fitted on :func:`head_rows` (C chosen by cross-validation there)."""
     from transferkit.pipeline import memo
 
     options = head_options(config)
-    X_train, y_train = _rows(X, idx["train"]), _rows(y, idx["train"])
-    X_val = _rows(X, idx["val"]) if len(idx["val"]) else None
-    y_val = _rows(y, idx["val"]) if len(idx["val"]) else None
+    rows = head_rows(idx)
+    X_train, y_train = _rows(X, rows), _rows(y, rows)
+    X_val = y_val = None
     key = None
     if cache is not None:
         key = memo.head_cache_key(X_train, y_train, X_val, y_val, head=config.head, options=options, num_classes=num_classes)
@@ -159,7 +171,7 @@ def _head_digest(head: HeadWeights) -> str:
 
 
 def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
-                progress: Callable[[int, int], None] | None = None) -> TrainResult | None:
+                progress: Callable[[int, int], None] | None = None, auto=None) -> TrainResult | None:
     """Fit a head on frozen features of ``config.backbone``; evaluate on the held-out split; save.
 
     Args:
@@ -167,6 +179,8 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         imageset: an ImageSet to use instead of loading ``config.data`` (split if it has none).
         backbone: a PixelModel to use instead of building ``config.backbone``.
         progress: ``progress(done, total)`` during feature extraction.
+        auto: what ``mode="auto"`` chose (an :class:`~transferkit.pipeline.result.AutoChoice`), recorded
+            in the result, the bundle and the report.
 
     Returns:
         The result; ``None`` on the ranks other than 0 of a torchrun job (rank 0 alone fits,
@@ -209,6 +223,7 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
             result.split = held_out
             from_cache += ("probabilities",) if probs_hit else ()
     result.from_cache = from_cache
+    result.auto = auto
     if result.unused:
         log.warning("%s", result.unused.summary())
     from transferkit.pipeline.outputs import write_outputs
@@ -232,4 +247,4 @@ def _data_name(config: TrainConfig) -> str:
     return Path(config.data).name or "data"
 
 
-__all__ = ["build_backbone", "fit_head", "probe_features", "timed", "train_probe"]
+__all__ = ["build_backbone", "fit_head", "head_rows", "probe_features", "timed", "train_probe"]

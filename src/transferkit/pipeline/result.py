@@ -51,6 +51,8 @@ class FinetuneSummary:
         best_epoch: the epoch whose weights were kept (0: the probe itself).
         candidates: the settings compared on validation data (empty when there was one).
         chosen_on: which images chose between them.
+        train_images, val_images: the ImageSets it trained on and chose the epoch (and setting) with
+            (not saved; ``mode="auto"`` compares its candidates on the same validation images).
     """
 
     config: FinetuneConfig
@@ -62,6 +64,8 @@ class FinetuneSummary:
     timings: dict[str, float] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
     chosen_on: str = ""
+    train_images: Any = field(default=None, repr=False)
+    val_images: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"best_epoch": self.best_epoch, "timings": self.timings, "strategy": self.strategy, "device": self.device,
@@ -73,13 +77,71 @@ class FinetuneSummary:
 
 
 @dataclass
+class AutoCandidate:
+    """One model ``mode="auto"`` compared, scored on the same images as the baseline it must beat.
+
+    Attributes:
+        name: ``"probe"``, ``"probe <backbone>"``, ``"fine-tuned"``, ``"probe + fine-tuned (weights averaged)"``.
+        stage: ``"backbone"`` (probes of several backbones, out-of-fold predictions over the training
+            images) or ``"model"`` (probe vs fine-tunes, on the validation images).
+        accuracy, log_loss: on the images compared (``n`` of them).
+        versus: the baseline's name; ``comparison``: the paired test against it (``None`` for the baseline).
+        seconds: what the candidate cost to train and score.
+        chosen: the one kept. ``note``: why it was skipped, when it was.
+    """
+
+    name: str
+    stage: str
+    n: int = 0
+    accuracy: float = float("nan")
+    log_loss: float = float("nan")
+    seconds: float = 0.0
+    versus: str = ""
+    comparison: dict[str, Any] | None = None
+    chosen: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in ("", None)}
+
+
+@dataclass
 class AutoChoice:
-    """What ``mode="auto"`` chose and why; ``tried`` lists fine-tunes it ran and then set aside."""
+    """What ``mode="auto"`` chose and why.
+
+    Attributes:
+        mode: ``"probe"`` or ``"finetune"`` (the kind of bundle written).
+        reason: one sentence: what won and by how much, or why the probe was kept.
+        tried: the fine-tuning settings (learning rates) it ran.
+        tried_seconds: seconds spent on fine-tunes that were then set aside.
+        candidates: every model it compared, with scores, costs and the paired tests.
+        backbone: the backbone of the model kept.
+        rule: the decision rule, stated.
+        time_budget: seconds it was allowed (``None``: no limit).
+    """
 
     mode: str
     reason: str
     tried: list[Candidate] = field(default_factory=list)
     tried_seconds: float = 0.0
+    candidates: list[AutoCandidate] = field(default_factory=list)
+    backbone: str = ""
+    rule: str = ""
+    time_budget: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"mode": self.mode, "reason": self.reason}
+        if self.backbone:
+            d["backbone"] = self.backbone
+        if self.rule:
+            d["rule"] = self.rule
+        if self.time_budget is not None:
+            d["time_budget_s"] = self.time_budget
+        if self.candidates:
+            d["candidates"] = [c.to_dict() for c in self.candidates]
+        if self.tried:
+            d["tried"] = [c.to_dict() for c in self.tried]
+        return d
 
 
 @dataclass
@@ -142,7 +204,7 @@ class TrainResult:
             m["head"] = self.head.to_dict() if self.head else {}
             m["features"] = self.features
         if self.auto is not None:
-            m["auto"] = {"mode": self.auto.mode, "reason": self.auto.reason}
+            m["auto"] = self.auto.to_dict()
             if self.auto.tried:
                 m["auto_finetune_candidates"] = [c.to_dict() for c in self.auto.tried]
         m["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
@@ -153,4 +215,4 @@ class TrainResult:
         return f"TrainResult({self.model!r}{acc}, {len(self.unused)} unused files)"
 
 
-__all__ = ["AutoChoice", "Candidate", "FinetuneSummary", "HeadSummary", "TrainResult"]
+__all__ = ["AutoCandidate", "AutoChoice", "Candidate", "FinetuneSummary", "HeadSummary", "TrainResult"]

@@ -17,8 +17,13 @@ from transferkit.pipeline.result import TrainResult
 
 
 def finetune_recipe(mode: str, device: str | None = None, **overrides) -> FinetuneConfig:
-    """The fine-tuning settings ``mode`` starts from (``"auto"``: its CPU or GPU recipe), with ``overrides``."""
-    if mode == "auto":
+    """The fine-tuning settings ``mode`` starts from, with ``overrides``.
+
+    ``"finetune"`` and ``"auto"`` share one recipe (:func:`transferkit.pipeline.auto.auto_finetune_config`:
+    on a CPU the top 3 layer groups on cached trunk activations, 3 epochs, two learning rates compared on
+    validation, epoch 0 = the probe kept when nothing beats it); any other mode gets the library's defaults.
+    """
+    if mode in ("auto", "finetune"):
         from transferkit.pipeline.auto import auto_finetune_config
 
         return auto_finetune_config(device or "auto", **overrides)
@@ -44,8 +49,13 @@ def train(config: TrainConfig, **kwargs) -> TrainResult | None:
     if config.mode == "probe":
         return train_probe(config, **kwargs)
     if config.mode == "finetune":
+        from transferkit.pipeline.auto import auto_lr_candidates
         from transferkit.pipeline.finetune import train_finetune
 
+        if config.finetune is None and "base" not in kwargs:  # the recipe, with its learning rates compared
+            base = finetune_recipe("finetune", config.device)
+            kwargs.setdefault("lrs", config.lr_candidates or auto_lr_candidates(base))
+            kwargs["base"] = base
         return train_finetune(config, **kwargs)
     from transferkit.pipeline.auto import train_auto
 
