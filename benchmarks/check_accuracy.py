@@ -1,0 +1,224 @@
+"""Accuracy across real sets: probe, fine-tune (defaults), auto (defaults) and a GridSearchCV peer probe.
+
+Usage:
+    python benchmarks/check_accuracy.py [--sets catsdogs,digits] [--work-dir DIR] [--out benchmarks/results/accuracy.json]
+
+Protocol (declared in this file, committed before it ran; each setting looks at a set's test images once):
+
+* Sets, all real images (``../shared/data`` for the photos, Debian's ``dataset-fashion-mnist``,
+  scikit-learn's digits); each is built deterministically from its seed, and train and test never share a file:
+
+  - ``catsdogs``: the 2000 photos of ``../shared/data/catsdogs``, the library's 50/50 split
+    (``val=0, test=0.5, seed=0``): the split of the probe's 99.3 % and of the peer it was compared with.
+  - ``catsdogs-few``: 25 photos per class for training (seed 3), every other photo of the set as test (1950).
+  - ``pets-species``: the 376 readable photos of ``../shared/data/oxford-pets-sample`` labelled cat / dog,
+    the library's stratified 50/50 split (``test=0.5, seed=0``; the annotation's own test split holds
+    only 21 of these photos, too few to measure anything).
+  - ``pets-breeds``: the same photos labelled by breed, the same kind of split (about 5 training photos a breed).
+  - ``fashion-mnist``: 100 per class from the official training file (seed 11), 200 per class from the
+    official test file (seed 13) never used before: the demo's test images (30 per class, seed 1)
+    and the far-domain check's (200 per class, seed 7) are excluded.
+  - ``digits``: scikit-learn's 1797 handwritten 8x8 digits as PNGs, 40 per class for training (seed 5),
+    the rest (1397) as test.
+
+* Settings, the library's defaults apart from the split (``val=0.15`` carved from training, ``seed=0``,
+  EfficientNet-Lite0 with its bundled weights, the default engine, the default time budget of auto):
+  ``mode="probe"``, ``mode="finetune"``, ``mode="auto"``.
+* Peer: scikit-learn ``GridSearchCV(StandardScaler + LogisticRegression(max_iter=2000))`` over
+  ``C = 10**(-4..4 in 17 steps)``, 5 stratified shuffled folds (seed 0), accuracy, refit, on the same
+  Lite0 features and the same training images the probe fits on (every image that is not test).
+* Reported: test accuracy of each, McNemar's exact test of each against the probe on the same test
+  images (two-sided p), what auto chose and why, and wall / CPU seconds. Every set is reported,
+  whatever the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SETS = ("catsdogs", "catsdogs-few", "pets-species", "pets-breeds", "fashion-mnist", "digits")
+# The library's seeded, stratified split where a set has no train/ and test/ folders of its own.
+SPLITS = {"catsdogs": {"val": 0.0, "test": 0.5}, "pets-species": {"test": 0.5}, "pets-breeds": {"test": 0.5}}
+MODES = ("probe", "finetune", "auto")
+
+
+def _write_split_folders(folder: Path, items: list[tuple[str, str, object]]) -> Path:
+    """Write ``(split, class, source)`` items as ``split/class/file`` (``split`` may be ``""``; a source is a path to copy or a
+    ``(name, PIL image)`` pair); built under a temporary name and renamed, so a set is whole or absent."""
+    if folder.exists():
+        return folder
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split, label, src in items:
+        (tmp / split / label).mkdir(parents=True, exist_ok=True)
+        if isinstance(src, Path):
+            shutil.copy2(src, tmp / split / label / src.name)
+        else:
+            name, image = src
+            image.save(tmp / split / label / name)
+    os.replace(tmp, folder)
+    return folder
+
+
+def build_set(name: str, work: Path) -> Path:
+    """The folder of set ``name`` (see the module's protocol)."""
+    if name == "catsdogs":
+        return SHARED / "catsdogs"
+    if name == "catsdogs-few":
+        rng = np.random.default_rng(3)
+        items = []
+        for label in ("cat", "dog"):
+            files = sorted((SHARED / "catsdogs" / label).iterdir())
+            order = rng.permutation(len(files))
+            items += [("train" if rank < 25 else "test", label, files[i]) for rank, i in enumerate(order)]
+        return _write_split_folders(work / name, items)
+    if name in ("pets-species", "pets-breeds"):
+        items = []
+        for f in sorted((SHARED / "oxford-pets-sample" / "images").iterdir()):
+            breed = f.stem.rsplit("_", 1)[0]
+            items.append(("", breed if name == "pets-breeds" else ("cat" if breed[0].isupper() else "dog"), f))
+        return _write_split_folders(work / name, items)
+    if name == "fashion-mnist":
+        from PIL import Image
+
+        from transferkit.data.sources.fashion_mnist import CLASS_NAMES, FILES, debian_source, read_idx, stratified_indices
+
+        src = debian_source()
+        if src is None:
+            raise SystemExit("needs the Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)")
+        arrays = {k: read_idx(src / f) for k, f in FILES.items()}
+        test_labels = arrays["test_labels"]
+        used = set(stratified_indices(test_labels, 30, seed=1).tolist())
+        rng7 = np.random.default_rng(7)  # the far-domain check's test images, as that script drew them
+        for c in range(len(CLASS_NAMES)):
+            pool = [i for i in np.flatnonzero(test_labels == c) if i not in used]
+            used.update(rng7.permutation(pool)[:200].tolist())
+        rng = np.random.default_rng(13)
+        test_idx = []
+        for c in range(len(CLASS_NAMES)):
+            pool = [i for i in np.flatnonzero(test_labels == c) if i not in used]
+            test_idx += sorted(rng.permutation(pool)[:200].tolist())
+        items = [("train", CLASS_NAMES[arrays["train_labels"][i]], (f"{int(i):05d}.png", Image.fromarray(arrays["train_images"][i])))
+                 for i in stratified_indices(arrays["train_labels"], 100, seed=11)]
+        items += [("test", CLASS_NAMES[test_labels[i]], (f"{int(i):05d}.png", Image.fromarray(arrays["test_images"][i]))) for i in test_idx]
+        return _write_split_folders(work / name, items)
+    if name == "digits":
+        from PIL import Image
+        from sklearn.datasets import load_digits
+
+        from transferkit.data.sources.fashion_mnist import stratified_indices
+
+        d = load_digits()
+        train = set(stratified_indices(d.target, 40, seed=5).tolist())
+        items = [("train" if i in train else "test", str(int(d.target[i])),
+                  (f"{i:04d}.png", Image.fromarray((d.images[i] * 255.0 / 16.0).round().astype(np.uint8))))
+                 for i in range(len(d.target))]
+        return _write_split_folders(work / name, items)
+    raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
+
+
+def grid_search_peer(folder: Path, test_paths: set[str], seed: int = 0) -> dict:
+    """The hand-written peer: GridSearchCV over C on Lite0 features of every image that is not test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transferkit.backbones import create_backbone
+    from transferkit.data import load_images
+    from transferkit.features.extract import extract_features
+
+    data = load_images(folder)
+    feats = extract_features(data.paths, create_backbone("efficientnet_lite0"))
+    keys = [str(p) for p in data.paths]
+    is_test = np.array([k in test_paths for k in keys])
+    tr = ~is_test & feats.ok
+    te = is_test & feats.ok
+    t = time.perf_counter()
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                          {"logisticregression__C": np.logspace(-4, 4, 17)}, cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+                          scoring="accuracy", refit=True, n_jobs=1)
+    search.fit(feats.X[tr], data.labels[tr])
+    pred = search.predict(feats.X[te])
+    correct = dict(zip(np.array(keys)[te].tolist(), (pred == data.labels[te]).tolist()))
+    return {"correct": correct, "C": float(search.best_params_["logisticregression__C"]), "train_images": int(tr.sum()),
+            "seconds": round(time.perf_counter() - t, 1)}
+
+
+def run_set(name: str, work: Path) -> dict:
+    from transferkit.evaluate.compare import mcnemar
+    from transferkit.pipeline.train import TrainConfig, train
+
+    folder = build_set(name, work)
+    rows, correct = {}, {}
+    for mode in MODES:
+        t, c = time.perf_counter(), time.process_time()
+        result = train(TrainConfig(data=str(folder), mode=mode, seed=0, out=None, report=False, **SPLITS.get(name, {})))
+        ev = result.evaluation
+        correct[mode] = dict(zip(map(str, ev.paths), (ev.probs.argmax(1) == ev.y).tolist()))
+        auto = result.auto.to_dict() if result.auto is not None else None
+        rows[mode] = {"test_acc": float(result.accuracy), "test_correct": int(sum(correct[mode].values())), "test_images": len(ev.y),
+                      "images": result.images, "kept_epoch": result.finetune.best_epoch if result.finetune else None,
+                      "auto": auto, "wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c, 1)}
+        print(name, mode, f"{rows[mode]['test_acc']:.4f}", f"({rows[mode]['test_correct']}/{rows[mode]['test_images']})",
+              f"{rows[mode]['wall_s']} s", (auto or {}).get("chosen", ""), (auto or {}).get("backbone", ""), flush=True)
+    peer = grid_search_peer(folder, set(correct["probe"]))
+    assert set(peer["correct"]) == set(correct["probe"]), "the peer must be scored on the probe's test images"
+    correct["gridsearchcv"] = peer.pop("correct")
+    rows["gridsearchcv"] = {"test_acc": float(np.mean(list(correct["gridsearchcv"].values()))),
+                            "test_correct": int(sum(correct["gridsearchcv"].values())), **peer}
+    print(name, "gridsearchcv", f"{rows['gridsearchcv']['test_acc']:.4f}", f"C={peer['C']:g}", flush=True)
+    keys = sorted(correct["probe"])
+    for other in ("finetune", "auto", "gridsearchcv"):
+        cmp = mcnemar([correct[other][k] for k in keys], [correct["probe"][k] for k in keys])
+        rows[other]["vs_probe"] = {"wins": cmp.b, "losses": cmp.c, "mcnemar_p_two_sided": round(cmp.p_two_sided, 5)}
+    return {"folder": str(folder), "rows": rows}
+
+
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().split("\n"):
+            if line.startswith("flags"):
+                flags = {f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx"))}
+                break
+    except OSError:
+        pass
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().split("\n") if ln.startswith("model name")), "")
+    return {"cpu": model, "cpu_flags": sorted(flags), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__, "load_average_end": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--work-dir", default="/tmp/transferkit_accuracy")
+    ap.add_argument("--out", default="benchmarks/results/accuracy.json")
+    args = ap.parse_args()
+    from transferkit.core.atomic import atomic_write_text
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["protocol"] = __doc__
+    for name in args.sets.split(","):
+        results.setdefault("sets", {})[name] = run_set(name, work)
+        results["machine"] = machine()
+        atomic_write_text(out, json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
