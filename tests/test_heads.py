@@ -111,3 +111,40 @@ def test_bad_input_is_a_clear_error():
     head = LogisticHead().fit(X, y)
     with pytest.raises(HeadError, match="12 features"):
         head.predict(X[:, :5])
+
+
+def test_standardisation_in_blocks_matches_the_whole_matrix_formula():
+    from transferkit.heads import base
+
+    X, y = _blobs(n_per_class=(3000, 2000, 1000), dim=7)  # more rows than one block
+    assert len(X) > base._ROW_BLOCK
+    head = LogisticHead(C=1.0).fit(X, y)
+    assert np.allclose(head.mean_, X.astype(np.float64).mean(axis=0), atol=1e-5)
+    assert np.allclose(head.scale_, X.astype(np.float64).std(axis=0), rtol=1e-5)
+    expected = (X - head.mean_) / head.scale_
+    assert np.allclose(head._standardize(X), expected, atol=1e-6)
+
+
+def test_logistic_copy_X_false_standardises_in_place_with_the_same_fit():
+    X, y = _blobs()
+    kept = X.copy()
+    a = LogisticHead(random_state=0).fit(X, y)
+    assert np.array_equal(X, kept)  # the default never touches the caller's array
+    b = LogisticHead(random_state=0, copy_X=False).fit(X, y)
+    assert not np.array_equal(X, kept)  # overwritten, as asked: the fit used no second copy
+    assert np.allclose(X, (kept - b.mean_) / b.scale_, atol=1e-6)
+    assert a.C_ == b.C_ and np.allclose(a.predict_proba(kept), b.predict_proba(kept), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", ["contiguous", "scattered"])
+def test_probe_head_fit_leaves_the_feature_matrix_intact(rows):
+    from transferkit.pipeline.config import TrainConfig
+    from transferkit.pipeline.probe import fit_head
+
+    X, y = _blobs()
+    kept = X.copy()
+    train = np.arange(150) if rows == "contiguous" else np.arange(0, 180, 2)
+    idx = {"train": train, "val": np.array([], dtype=np.int64), "test": np.setdiff1d(np.arange(180), train)}
+    weights, summary, hit = fit_head(TrainConfig(), X, y, idx, 3, cache=None)
+    assert not hit and summary.C is not None
+    assert np.array_equal(X, kept)  # the test rows the evaluation reads next are the original features

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 HEADS: Registry[type] = Registry("head")
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
 _ABSENT_CLASS_BIAS = -30.0  # logit for a class the head never saw (softmax ~ 1e-13)
+# Rows standardised at a time: bounded temporaries (a few MB) instead of copies of a 100k-row matrix.
+_ROW_BLOCK = 4096
 
 
 class HeadError(TransferkitError):
@@ -116,15 +118,30 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
     """Shared parts: standardisation, probabilities, conversion to an nn.Module."""
 
     def _standardize_fit(self, X: np.ndarray) -> None:
-        self.mean_ = X.mean(axis=0).astype(np.float32)
-        std = X.std(axis=0).astype(np.float32)
+        """Per-feature mean and scale, accumulated in float64 a block of rows at a time (no full-size temporary)."""
+        n = max(len(X), 1)
+        total = np.zeros(X.shape[1], dtype=np.float64)
+        for i in range(0, len(X), _ROW_BLOCK):
+            total += X[i : i + _ROW_BLOCK].sum(axis=0, dtype=np.float64)
+        mean = total / n
+        squares = np.zeros(X.shape[1], dtype=np.float64)
+        for i in range(0, len(X), _ROW_BLOCK):
+            squares += np.square(X[i : i + _ROW_BLOCK] - mean).sum(axis=0)
+        std = np.sqrt(squares / n).astype(np.float32)
+        self.mean_ = mean.astype(np.float32)
         self.scale_ = np.where(std > 1e-6, std, 1.0).astype(np.float32)
         self.n_features_in_ = X.shape[1]
 
-    def _standardize(self, X: np.ndarray) -> np.ndarray:
+    def _standardize(self, X: np.ndarray, in_place: bool = False) -> np.ndarray:
+        """``(X - mean_) / scale_`` as float32, a block of rows at a time; ``in_place`` overwrites ``X`` (float32) instead of copying it."""
         if X.shape[1] != self.n_features_in_:
             raise HeadError(f"head was fitted on {self.n_features_in_} features but got {X.shape[1]}")
-        return (X - self.mean_) / self.scale_
+        out = X if in_place and X.dtype == np.float32 and X.flags.writeable else np.empty(X.shape, dtype=np.float32)
+        for i in range(0, len(X), _ROW_BLOCK):
+            block = out[i : i + _ROW_BLOCK]
+            np.subtract(X[i : i + _ROW_BLOCK], self.mean_, out=block, casting="same_kind")
+            np.divide(block, self.scale_, out=block)
+        return out
 
     def _check_fitted_input(self, X) -> np.ndarray:
         from sklearn.utils.validation import check_is_fitted

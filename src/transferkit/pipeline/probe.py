@@ -130,6 +130,8 @@ def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[H
     from transferkit.heads import create_head
 
     head = create_head(config.head, **options)
+    if "copy_X" in head.get_params() and not np.may_share_memory(X_train, X):
+        head.set_params(copy_X=False)  # X_train is this function's own copy: the fit may standardise it in place
     try:
         head.fit(X_train, y_train, X_val, y_val)
     except TransferkitError as exc:
