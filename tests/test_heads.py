@@ -148,3 +148,18 @@ def test_probe_head_fit_leaves_the_feature_matrix_intact(rows):
     weights, summary, hit = fit_head(TrainConfig(), X, y, idx, 3, cache=None)
     assert not hit and summary.C is not None
     assert np.array_equal(X, kept)  # the test rows the evaluation reads next are the original features
+
+
+def test_probe_head_fit_that_consumes_the_features_fits_the_same_head():
+    from transferkit.pipeline.config import TrainConfig
+    from transferkit.pipeline.probe import _move_rows_to_front, fit_head
+
+    X, y = _blobs()
+    train = np.sort(np.random.default_rng(1).choice(180, 120, replace=False))
+    idx = {"train": train, "val": np.array([], dtype=np.int64), "test": np.setdiff1d(np.arange(180), train)}
+    copied, _, _ = fit_head(TrainConfig(), X.copy(), y, idx, 3, cache=None)
+    consumed, _, _ = fit_head(TrainConfig(), X.copy(), y, idx, 3, cache=None, consume_X=True)
+    for name in copied.state:
+        assert np.allclose(copied.state[name], consumed.state[name], atol=1e-6)
+    moved = X.copy()
+    assert np.array_equal(_move_rows_to_front(moved, train), X[train])  # sources are read before they are overwritten

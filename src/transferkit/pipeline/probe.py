@@ -113,13 +113,31 @@ def head_rows(idx: dict[str, np.ndarray]) -> np.ndarray:
     return idx["train"]
 
 
-def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[HeadWeights, HeadSummary, bool]:
-    """``(head weights, summary, served from cache)`` of the head fitted on :func:`head_rows` (C chosen by cross-validation there)."""
+def _move_rows_to_front(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``a[index]`` moved to ``a[:len(index)]`` in place, a block at a time; returns that view.
+
+    ``index`` is sorted, so row ``index[i] >= i``: each block's sources lie at or after its
+    destination, and no row is overwritten before it is read.
+    """
+    for start in range(0, len(index), 4096):
+        part = index[start : start + 4096]
+        a[start : start + len(part)] = a[part]
+    return a[: len(index)]
+
+
+def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache, *, consume_X: bool = False) -> tuple[HeadWeights, HeadSummary, bool]:
+    """``(head weights, summary, served from cache)`` of the head fitted on :func:`head_rows` (C chosen by cross-validation there).
+
+    ``consume_X``: the caller no longer needs ``X``; the training rows are moved to its front and
+    standardised there, so 100k feature rows are never copied (``X`` is garbage afterwards).
+    """
     from transferkit.pipeline import memo
 
     options = head_options(config)
     rows = head_rows(idx)
-    X_train, y_train = _rows(X, rows), _rows(y, rows)
+    consume_X = consume_X and isinstance(X, np.ndarray) and X.flags.writeable
+    X_train = _move_rows_to_front(X, rows) if consume_X else _rows(X, rows)
+    y_train = _rows(y, rows)
     X_val = y_val = None
     key = None
     if cache is not None:
@@ -130,8 +148,8 @@ def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache) -> tuple[H
     from transferkit.heads import create_head
 
     head = create_head(config.head, **options)
-    if "copy_X" in head.get_params() and not np.may_share_memory(X_train, X):
-        head.set_params(copy_X=False)  # X_train is this function's own copy: the fit may standardise it in place
+    if "copy_X" in head.get_params() and (consume_X or not np.may_share_memory(X_train, X)):
+        head.set_params(copy_X=False)  # X_train is ours to overwrite: the fit standardises it in place
     try:
         head.fit(X_train, y_train, X_val, y_val)
     except TransferkitError as exc:
@@ -209,17 +227,19 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
     idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
     if len(idx["train"]) == 0:
         raise DataError("no training image could be read; see `transferkit data inspect`")
+    held_out = held_out_split(data)
+    X_held = feats.X[idx[held_out]] if held_out and len(idx[held_out]) else None
     with timed(timings, "head"):
-        head, summary, head_hit = fit_head(config, feats.X, data.labels, idx, data.num_classes, cache)
+        # The fit takes over feats.X (not read again below): at 100k images no second copy of the features.
+        head, summary, head_hit = fit_head(config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)
         model = _trained_model(spec, head, data.class_names, backbone)
     from_cache = (("features",) if feats.stats.get("computed", 1) == 0 else ()) + (("head",) if head_hit else ())
     result = TrainResult(model=model, config=config, images={s: int(len(v)) for s, v in idx.items()}, head=summary,
                          unused=UnusedFiles.collect(data.report, feats.errors), features=feats.stats, timings=timings)
-    held_out = held_out_split(data)
-    if held_out and len(idx[held_out]):
+    if X_held is not None:
         with timed(timings, "evaluate"):
             sel = idx[held_out]
-            probs, probs_hit = held_out_probabilities(model, feats.X[sel], cache, _head_digest(head))
+            probs, probs_hit = held_out_probabilities(model, X_held, cache, _head_digest(head))
             result.evaluation = evaluate_probabilities(probs, data.labels[sel], data.class_names,
                                                        paths=[str(data.paths[i]) for i in sel])
             result.split = held_out
