@@ -175,7 +175,7 @@ def test_iter_classify_streams_in_order_and_keeps_going_past_a_bad_file(tmp_path
     decoded: list[str] = []
     real = imagenet.load_for_spec
     monkeypatch.setattr(imagenet, "load_for_spec", lambda p, spec: decoded.append(str(p)) or real(p, spec))
-    stream = imagenet.iter_classify(iter(paths), tiny_backbone, top_k=2, batch_size=2, workers=0)
+    stream = imagenet.iter_classify(iter(paths), tiny_backbone, top_k=2, batch_size=2, workers=0, engine="torch")
     first = next(stream)
     assert first.path == str(paths[0]) and first.ok and len(first.top) == 2
     assert len(decoded) <= 3  # the first batch, not every file, was decoded before the first result
@@ -183,6 +183,47 @@ def test_iter_classify_streams_in_order_and_keeps_going_past_a_bad_file(tmp_path
     assert [r.path for r in [first, *rest]] == [str(p) for p in paths]
     assert [r.ok for r in [first, *rest]] == [True, True, False, True, True, True]
     assert rest[1].error == "not an image Pillow can read"
+
+
+def test_iter_classify_on_the_engine_streams_chunk_by_chunk_past_a_bad_file(tmp_path, tiny_backbone, monkeypatch):
+    from transferkit.classifier import imagenet
+    from transferkit.features import extract
+
+    chunk = 2 * imagenet.CHUNK_BATCHES
+    paths = [_png(tmp_path / f"{i}.png", (7 * i) % 256) for i in range(chunk + 5)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    paths.insert(3, bad)
+    decoded: list[str] = []
+    real = extract.decode_uint8
+    monkeypatch.setattr(extract, "decode_uint8", lambda p, spec, **kw: decoded.append(str(p)) or real(p, spec, **kw))
+    stream = imagenet.iter_classify(iter(paths), tiny_backbone, top_k=2, batch_size=2, engine="onnxruntime", cache=False)
+    first = next(stream)
+    assert first.ok and len(first.top) == 2
+    assert len(decoded) <= chunk  # one chunk, not every file, was decoded before the first result
+    rest = list(stream)
+    assert [r.path for r in [first, *rest]] == [str(p) for p in paths]
+    assert [r.ok for r in [first, *rest]] == [p != bad for p in paths]
+    assert rest[2].error == "not an image Pillow can read"
+
+
+@pytest.mark.parametrize("engine", ["auto", "onnxruntime"])
+def test_iter_classify_on_an_engine_matches_eager_pytorch(tmp_path, tiny_backbone, engine):
+    from transferkit.classifier.imagenet import iter_classify
+    from transferkit.features.cache import FeatureCache
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(paths[-1])
+    eager = list(iter_classify(paths, tiny_backbone, top_k=5, batch_size=4, engine="torch"))
+    fast = list(iter_classify(paths, tiny_backbone, top_k=5, batch_size=4, engine=engine))
+    for a, b in zip(eager, fast):
+        assert a.path == b.path and a.ok and b.ok
+        assert [p for _, _, p in a.top] == pytest.approx([p for _, _, p in b.top], abs=1e-4)
+        assert a.top[0][0] == b.top[0][0]
+    assert FeatureCache().info().feature_entries >= len(paths)  # the features are kept like extraction's
 
 
 def test_iter_classify_with_threads_matches_the_list_form(tmp_path, tiny_backbone):

@@ -1,7 +1,14 @@
 """Classify images with a pretrained backbone's own (ImageNet) head, streaming over many files.
 
-:func:`iter_classify` decodes files a few at a time and yields results batch by batch, so a folder
+:func:`iter_classify` decodes files a few at a time and yields results chunk by chunk, so a folder
 of any size is classified in bounded memory; :func:`classify_images` is its list form.
+
+The network runs on the feature engine that extraction uses (``engine="auto"``: the fastest faithful
+one measured on this machine, see :mod:`transferkit.features.select`): the engine gives the pooled
+features, and the backbone's own classifier layer turns them into ImageNet logits. So ``classify``
+shares the engine decision, the exported graph and the feature cache with ``train`` and ``predict``
+(photos classified once are not decoded again when a probe is trained on them). ``engine="torch"``
+runs the whole network eagerly in PyTorch, batch by batch, as the reference.
 """
 
 from __future__ import annotations
@@ -39,21 +46,30 @@ class Classification:
         return d
 
 
-def iter_classify(
-    paths: Iterable[str | Path], model, *, top_k: int = 5, batch_size: int = 16, workers: int = 2
-) -> Iterator[Classification]:
-    """Top-k ImageNet labels for each image, yielded in input order as each batch is classified.
+# Files per extraction call on the engine path: decoding overlaps the network inside a chunk, and
+# results are yielded chunk by chunk.
+CHUNK_BATCHES = 8
 
-    Files are decoded a few at a time (on ``workers`` threads, at most ``batch_size`` ahead), so
-    memory holds about two batches of images however many files there are. Unreadable files
-    get an ``error`` and the rest go on.
+
+def iter_classify(
+    paths: Iterable[str | Path], model, *, top_k: int = 5, batch_size: int = 16, workers: int = 2,
+    engine: str = "auto", cache: bool = True, device: str | None = None,
+) -> Iterator[Classification]:
+    """Top-k ImageNet labels for each image, yielded in input order as each chunk is classified.
+
+    Files are decoded a chunk at a time (on ``workers`` threads), so memory holds a few batches of
+    images however many files there are. Unreadable files get an ``error`` and the rest go on.
 
     Args:
         paths: image files (any format Pillow reads; EXIF orientation applied); any iterable.
         model: a :class:`~transferkit.backbones.model.PixelModel` with a 1000-class ImageNet head.
         top_k: how many labels to keep per image.
-        batch_size: images per forward pass.
-        workers: decoding threads (0: decode in the calling thread).
+        batch_size: images per forward pass (a chunk is :data:`CHUNK_BATCHES` batches on an engine).
+        workers: decoding threads (0: decode in the calling thread; eager ``"torch"`` path only).
+        engine: ``"auto"`` (the extraction engine measured fastest and faithful here), ``"onnxruntime"``,
+            ``"openvino"``, or ``"torch"`` (the whole network eagerly, batch by batch).
+        cache: keep the pooled features in the feature cache (keyed by image content), as extraction does.
+        device: torch device for the torch engines.
 
     Raises:
         ValueError: the model has no 1000-class ImageNet head (raised at the call, not at the
@@ -63,12 +79,65 @@ def iter_classify(
         raise ValueError("classify needs a backbone with its pretrained 1000-class ImageNet head")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return _classify_stream(paths, model, max(1, min(top_k, 1000)), batch_size, workers)
+    k = max(1, min(top_k, 1000))
+    if engine == "torch" or not hasattr(getattr(model, "net", None), "get_classifier"):
+        return _classify_stream(paths, model, k, batch_size, workers)
+    return _classify_on_engine(paths, model, k, batch_size, max(1, workers), engine, cache, device)
 
 
-def classify_images(paths: list[str | Path], model, *, top_k: int = 5, batch_size: int = 16) -> list[Classification]:
+def classify_images(paths: list[str | Path], model, *, top_k: int = 5, batch_size: int = 16, engine: str = "auto",
+                    cache: bool = True) -> list[Classification]:
     """Top-k ImageNet labels for each image, as a list (see :func:`iter_classify`)."""
-    return list(iter_classify(paths, model, top_k=top_k, batch_size=batch_size))
+    return list(iter_classify(paths, model, top_k=top_k, batch_size=batch_size, engine=engine, cache=cache))
+
+
+class _EngineOnFirstUse:
+    """The extraction engine, built when the first image needs it (a chunk served from the cache builds none)."""
+
+    def __init__(self, model, engine: str, cache_dir, device) -> None:
+        self._args = (model, engine, cache_dir, device)
+        self._run = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self._run, "name", "engine")
+
+    def __call__(self, pixels):
+        if self._run is None:
+            from transferkit.features.select import create_engine
+
+            model, engine, cache_dir, device = self._args
+            self._run = create_engine(model, engine, cache_dir=cache_dir, device=device)
+        return self._run(pixels)
+
+
+def _classify_on_engine(paths, model, k: int, batch_size: int, workers: int, engine: str, cache: bool, device) -> Iterator[Classification]:
+    from itertools import islice
+
+    from transferkit.features.cache import FeatureCache
+    from transferkit.features.extract import extract_features
+
+    store = FeatureCache() if cache else None
+    if store is not None and not store.available:  # it warned once; go on without it
+        store = None
+    run = _EngineOnFirstUse(model.eval(), engine, store.directory if store is not None else None, device)
+    classifier = model.net.get_classifier()
+    names = imagenet_class_names()
+    it = iter(paths)
+    while chunk := [Path(p) for p in islice(it, batch_size * CHUNK_BATCHES)]:
+        feats = extract_features(chunk, model, engine=run, batch_size=batch_size, cache=store, workers=workers, device=device)
+        results = [Classification(path=str(p)) for p in chunk]
+        good = [i for i in range(len(chunk)) if feats.ok[i]]
+        if good:
+            with torch.inference_mode():
+                logits = classifier(torch.from_numpy(feats.X[good]).to(next(classifier.parameters()).device))
+                values, indices = logits.double().softmax(dim=1).topk(k, dim=1)
+            for i, vals, idxs in zip(good, values.tolist(), indices.tolist()):
+                results[i].top = [(j, names[j], float(v)) for j, v in zip(idxs, vals)]
+        for i, p in enumerate(chunk):
+            if not feats.ok[i]:
+                results[i].error = feats.errors.get(str(p), "cannot read file")
+        yield from results
 
 
 def _classify_stream(paths, model, k: int, batch_size: int, workers: int) -> Iterator[Classification]:

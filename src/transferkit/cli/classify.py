@@ -16,11 +16,14 @@ def classify(
     weights: str = typer.Option("auto", "--weights", help="auto, a .safetensors/.pth file, package, hub, or none"),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=1000, help="labels to show per image"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per forward pass"),
+    engine: str = typer.Option("auto", "--engine", help="auto (fastest faithful, measured here), onnxruntime, openvino or torch"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the feature cache"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
     """Classify images into the 1000 ImageNet classes with a pretrained backbone.
 
-    Results are printed as each batch is classified, so a large folder shows progress at once.
+    Results are printed as each chunk of batches is classified, so a large folder shows progress at once.
+    The network runs on the engine `train` and `predict` use (`transferkit engines`).
     """
     from transferkit.backbones import create_backbone
     from transferkit.classifier.imagenet import iter_classify
@@ -28,6 +31,7 @@ def classify(
     from transferkit.data.samples import sample_photos
 
     output.check_format(fmt, ("table", "json"))
+    output.check_format(engine, ("auto", "torch", "onnxruntime", "openvino"))
     paths = list_image_files(images or [])
     if samples:
         paths += list(sample_photos().values())
@@ -35,7 +39,7 @@ def classify(
         raise output.fail("no images given: pass image files or folders, or --samples for the photos that installed packages ship")
     model = create_backbone(backbone, weights=weights)
     spec = model.spec
-    results = iter_classify(paths, model, top_k=top_k, batch_size=batch_size)
+    results = iter_classify(paths, model, top_k=top_k, batch_size=batch_size, engine=engine, cache=not no_cache)
     if fmt == "json":
         rows = [r.to_dict() for r in results]
         output.print_json({"backbone": spec.to_dict(), "results": rows})

@@ -237,7 +237,7 @@ def extract_features(
                     px, err, was_lenient = fut.result()
                     if px is None:
                         errors[str(paths[i])] = err
-                        log.warning("%s: %s", paths[i], err)
+                        log.info("%s: %s", paths[i], err)  # Features.errors carries it; callers report it once
                     else:
                         batch_idx.append(i)
                         batch_px.append(px)
