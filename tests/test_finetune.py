@@ -544,3 +544,18 @@ def test_cli_auto_mode_on_cpu_tries_two_learning_rates_and_says_what_it_compared
     # every model compared on the same validation images, one kept, with the paired test against the probe
     flat = " ".join(out.replace("│", " ").split())  # the table wraps long cells
     assert "compared: probe" in flat and "compared: fine-tuned" in flat and flat.count("<- kept") == 1 and "vs probe: +" in flat
+
+
+def test_mode_finetune_that_keeps_epoch_0_ends_with_the_probe_modes_head(tiny_image_folder):
+    """Validation kept the probe LP-FT started from: the model is then the probe --mode probe fits (on every
+    training image, validation included), not the one fitted on the training part alone."""
+    from transferkit.pipeline.train import TrainConfig, train
+
+    common = dict(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, val=0.3, test=0.2,
+                  batch_size=4, cache=False, report=False)
+    tuned = train(TrainConfig(mode="finetune", finetune=FinetuneConfig(epochs=1, head_epochs=0, lr=1e-12, augment="none"), **common))
+    probe = train(TrainConfig(mode="probe", **common))
+    assert tuned.metrics["finetune"]["best_epoch"] == 0
+    assert "refitted on all" in tuned.metrics["finetune"]["note"]
+    assert tuned.images["val"] > 0 and tuned.evaluation.paths == probe.evaluation.paths
+    assert np.allclose(tuned.evaluation.probs, probe.evaluation.probs, atol=1e-5)

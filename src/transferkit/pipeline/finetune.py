@@ -134,6 +134,34 @@ def score_held_out(result: TrainResult, data, network) -> TrainResult:
     return result
 
 
+def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSummary) -> None:
+    """Validation kept epoch 0, the probe LP-FT started from, which was fitted on the training part alone: give
+    ``network`` the probe mode's own head instead (the same features, C by cross-validation on every
+    training image, validation included), so that ``--mode finetune`` never ends below ``--mode probe``
+    for want of the images it held out. Not under torchrun (the extraction there needs every rank)."""
+    import numpy as np
+
+    from transferkit.features.cache import FeatureCache
+    from transferkit.features.distributed import world
+    from transferkit.pipeline.probe import fit_head, head_rows, probe_features
+
+    if world().enabled:
+        summary.note = "kept epoch 0 (the probe, fitted on the training part; not refitted under torchrun)"
+        return
+    cache = FeatureCache() if config.cache else None
+    if cache is not None and not cache.available:
+        cache = None
+    feats, _, _ = probe_features(config, data, cache, network.backbone, None, {})
+    split = np.asarray(data.split)
+    idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
+    n_fit = len(head_rows(idx))
+    head, head_summary, _ = fit_head(config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)
+    network.head = head.to_module()
+    chosen_C = f", C {head_summary.C:g}" if head_summary.C is not None else ""
+    summary.note = f"kept epoch 0 (the probe): its head refitted on all {n_fit} training images, as --mode probe fits it{chosen_C}"
+    log.info("fine-tuning kept epoch 0: %s", summary.note)
+
+
 def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progress=None, base: FinetuneConfig | None = None,
                    lrs: tuple[float, ...] | None = None, write: bool = True, evaluate: bool = True) -> TrainResult | None:
     """Fine-tune as ``config`` says; evaluate on the held-out split; save the bundle (backbone included) and report.
@@ -179,6 +207,9 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
             barrier()
             return None
         return result
+    if write and fit.best_epoch == 0 and val is not None and len(val):
+        _refit_kept_probe(config, data, fit.model, summary)
+        result.model = TrainedModel.from_network(fit.model, include_backbone=True)
     if evaluate:
         score_held_out(result, data, fit.model)
     if result.unused:

@@ -53,6 +53,7 @@ class FinetuneSummary:
         chosen_on: which images chose between them.
         train_images, val_images: the ImageSets it trained on and chose the epoch (and setting) with
             (not saved; ``mode="auto"`` compares its candidates on the same validation images).
+        note: what happened after the fine-tune (the kept probe refitted on every training image).
     """
 
     config: FinetuneConfig
@@ -66,10 +67,13 @@ class FinetuneSummary:
     chosen_on: str = ""
     train_images: Any = field(default=None, repr=False)
     val_images: Any = field(default=None, repr=False)
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = {"best_epoch": self.best_epoch, "timings": self.timings, "strategy": self.strategy, "device": self.device,
              "world_size": self.world_size, "config": self.config.to_dict()}
+        if self.note:
+            d["note"] = self.note
         if self.candidates:
             d["candidates"] = [c.to_dict() for c in self.candidates]
             d["chosen_on"] = self.chosen_on
