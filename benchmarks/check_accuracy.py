@@ -183,6 +183,35 @@ def run_set(name: str, work: Path) -> dict:
     return {"folder": str(folder), "rows": rows}
 
 
+def render_markdown(results: dict) -> str:
+    """The results table: test accuracy per set and setting, and each setting against the probe."""
+    m = results.get("machine", {})
+    lines = [f"Machine: {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores; {', '.join(m.get('cpu_flags', [])) or 'no AVX-512/AMX'}), "
+             f"torch {m.get('torch', '?')}. Test accuracy (correct / test images); against the probe: images won / lost and "
+             "McNemar's exact two-sided p on the same test images.", "",
+             "| set | test images | probe | finetune (defaults) | auto (defaults) | auto chose | GridSearchCV peer |",
+             "|---|---:|---|---|---|---|---|"]
+
+    def cell(row: dict, versus: bool = True) -> str:
+        text = f"{100 * row['test_acc']:.2f} % ({row['test_correct']})"
+        if versus and "vs_probe" in row:
+            v = row["vs_probe"]
+            text += f"; +{v['wins']} / -{v['losses']}, p = {v['mcnemar_p_two_sided']:.3g}"
+        return text
+
+    for name, entry in results.get("sets", {}).items():
+        rows = entry["rows"]
+        auto = rows["auto"].get("auto") or {}
+        choice = f"{auto.get('mode', '?')}, {auto.get('backbone', '?')}"
+        lines.append(f"| {name} | {rows['probe']['test_images']} | {cell(rows['probe'], False)} | {cell(rows['finetune'])} | {cell(rows['auto'])} "
+                     f"| {choice} | {cell(rows['gridsearchcv'])} (C = {rows['gridsearchcv']['C']:g}) |")
+    lines += ["", "| set | probe s | finetune s | auto s (wall; CPU) |", "|---|---:|---:|---:|"]
+    for name, entry in results.get("sets", {}).items():
+        rows = entry["rows"]
+        lines.append(f"| {name} | {rows['probe']['wall_s']} | {rows['finetune']['wall_s']} | {rows['auto']['wall_s']}; {rows['auto']['cpu_s']} |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict:
     import platform
 
@@ -206,7 +235,12 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--work-dir", default="/tmp/transferkit_accuracy")
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
+    ap.add_argument("--md", default=None, help="also write the results table (Markdown) here")
+    ap.add_argument("--render-only", action="store_true", help="only write --md from the results in --out")
     args = ap.parse_args()
+    if args.render_only:
+        Path(args.md).write_text(render_markdown(json.loads(Path(args.out).read_text())))
+        return
     from transferkit.core.atomic import atomic_write_text
 
     work = Path(args.work_dir)
@@ -218,6 +252,8 @@ def main() -> None:
         results.setdefault("sets", {})[name] = run_set(name, work)
         results["machine"] = machine()
         atomic_write_text(out, json.dumps(results, indent=1, default=str))
+        if args.md:
+            atomic_write_text(args.md, render_markdown(results))
 
 
 if __name__ == "__main__":
