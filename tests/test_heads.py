@@ -163,3 +163,6 @@ def test_probe_head_fit_that_consumes_the_features_fits_the_same_head():
         assert np.allclose(copied.state[name], consumed.state[name], atol=1e-6)
     moved = X.copy()
     assert np.array_equal(_move_rows_to_front(moved, train), X[train])  # sources are read before they are overwritten
+    big = np.arange(9000 * 2, dtype=np.float32).reshape(9000, 2)  # several 4096-row blocks
+    for index in (np.arange(3, 9000, 3), np.arange(9000), np.flatnonzero(np.random.default_rng(2).random(9000) < 0.8)):
+        assert np.array_equal(_move_rows_to_front(big.copy(), index), big[index])

@@ -276,3 +276,12 @@ class FeatureCache:
             shutil.rmtree(self.directory / folder, ignore_errors=True)
         # Downloaded or converted datasets (datasets/) are kept: they are data, not derived results.
         return size - self.info().size_bytes
+
+
+def usable_cache(enabled: bool = True) -> FeatureCache | None:
+    """The default feature cache, or ``None`` when caching is off or the cache cannot be used
+    (it has warned once already; the run goes on without it)."""
+    if not enabled:
+        return None
+    cache = FeatureCache()
+    return cache if cache.available else None

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 HEADS: Registry[type] = Registry("head")
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
 _ABSENT_CLASS_BIAS = -30.0  # logit for a class the head never saw (softmax ~ 1e-13)
-# Rows standardised at a time: bounded temporaries (a few MB) instead of copies of a 100k-row matrix.
+# Rows standardised at a time: bounded temporaries (about 40 MB in float64 at 1280 features) instead of
+# copies of a 100k-row matrix (500 MB in float32).
 _ROW_BLOCK = 4096
 
 

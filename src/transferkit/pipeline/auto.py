@@ -356,7 +356,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     Under torchrun every rank shares the extraction and the fine-tune; rank 0 decides, evaluates and
     saves, and the other ranks return ``None``.
     """
-    from transferkit.features.cache import FeatureCache
+    from transferkit.features.cache import usable_cache
     from transferkit.features.distributed import barrier, broadcast_from_main, is_main_process
     from transferkit.pipeline.data import load_config_imageset, load_split
     from transferkit.pipeline.finetune import score_held_out
@@ -367,9 +367,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     budget = time_budget(config)
     imageset = load_config_imageset(config, imageset)
     data = load_split(config, imageset)
-    cache = FeatureCache() if config.cache else None
-    if cache is not None and not cache.available:
-        cache = None
+    cache = usable_cache(config.cache)
     timings: dict[str, float] = {}
     chosen, rows = _compare_backbones(config, data, cache, backbone, progress, timings, budget, started)
     config_b = dataclasses.replace(config, backbone=chosen.name)
@@ -402,7 +400,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     if mode == "probe":
         return finish_probe(reason, [])
     tuned = train_finetune(config_b, imageset=imageset, backbone=chosen.backbone if chosen.backbone is not None else backbone,
-                           base=base, lrs=lrs, write=False, evaluate=False)
+                           base=base, lrs=lrs, write=False, evaluate=False, refit_kept_probe=False)
     tried = [dataclasses.replace(c, chosen=False) for c in tuned.finetune.candidates] or [_as_candidate(tuned)]
     winner, model_rows, net = "probe", [], None
     if is_main_process():

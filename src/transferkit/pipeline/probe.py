@@ -135,7 +135,8 @@ def fit_head(config: TrainConfig, X, y, idx, num_classes: int, cache, *, consume
 
     options = head_options(config)
     rows = head_rows(idx)
-    consume_X = consume_X and isinstance(X, np.ndarray) and X.flags.writeable
+    # Only an in-memory array is overwritten: never a memory-mapped file, nor a read-only view.
+    consume_X = consume_X and type(X) is np.ndarray and X.flags.writeable
     X_train = _move_rows_to_front(X, rows) if consume_X else _rows(X, rows)
     y_train = _rows(y, rows)
     X_val = y_val = None
@@ -210,15 +211,13 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
         DataError: no images, or a split without training images of at least 2 classes.
     """
     from transferkit.evaluate.metrics import evaluate_probabilities
-    from transferkit.features.cache import FeatureCache
+    from transferkit.features.cache import usable_cache
     from transferkit.features.distributed import barrier
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):
         data = load_split(config, imageset)
-    cache = FeatureCache() if config.cache else None
-    if cache is not None and not cache.available:  # it warned once already; go on without it
-        cache = None
+    cache = usable_cache(config.cache)
     feats, spec, backbone = probe_features(config, data, cache, backbone, progress, timings)
     if feats is None:  # another rank of a torchrun job: its shard is done; rank 0 fits, evaluates, saves
         barrier()
