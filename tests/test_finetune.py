@@ -559,3 +559,14 @@ def test_mode_finetune_that_keeps_epoch_0_ends_with_the_probe_modes_head(tiny_im
     assert "refitted on all" in tuned.metrics["finetune"]["note"]
     assert tuned.images["val"] > 0 and tuned.evaluation.paths == probe.evaluation.paths
     assert np.allclose(tuned.evaluation.probs, probe.evaluation.probs, atol=1e-5)
+
+
+def test_mode_finetune_without_a_test_split_keeps_the_probe_it_validated(tiny_image_folder):
+    """With no test split the validation images are the evaluation: the kept probe is not refitted on them."""
+    from transferkit.pipeline.train import TrainConfig, train
+
+    tuned = train(TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, val=0.3, test=0.0,
+                              batch_size=4, cache=False, report=False, mode="finetune",
+                              finetune=FinetuneConfig(epochs=1, head_epochs=0, lr=1e-12, augment="none")))
+    assert tuned.metrics["finetune"]["best_epoch"] == 0 and tuned.split == "val"
+    assert "validation images are the evaluation" in tuned.metrics["finetune"]["note"]

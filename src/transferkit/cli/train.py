@@ -174,6 +174,8 @@ def _result_rows(result) -> list[tuple[str, str]]:
         if ft.best_epoch is not None:
             rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if ft.best_epoch == 0
                          else str(ft.best_epoch)))
+        if ft.note:
+            rows.append(("note", ft.note))
     candidates = ft.candidates if ft is not None else (result.auto.tried if result.auto is not None else [])
     for c in candidates:
         rows.append((f"fine-tune candidate lr {c.lr:g}", f"val accuracy {c.val_acc:.4f}, val loss {c.val_loss:.4f}, "

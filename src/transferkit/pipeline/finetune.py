@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from transferkit.core.errors import DataError
+from transferkit.core.errors import DataError, TransferkitError
 from transferkit.finetune.config import FinetuneConfig, FinetuneError
 from transferkit.pipeline.config import TrainConfig
 from transferkit.pipeline.result import Candidate, FinetuneSummary, TrainResult
@@ -134,36 +134,46 @@ def score_held_out(result: TrainResult, data, network) -> TrainResult:
     return result
 
 
-def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSummary) -> None:
-    """Validation kept epoch 0, the probe LP-FT started from, which was fitted on the training part alone: give
-    ``network`` the probe mode's own head instead (the same features, C by cross-validation on every
-    training image, validation included), so that ``--mode finetune`` never ends below ``--mode probe``
-    for want of the images it held out. Not under torchrun (the extraction there needs every rank)."""
+def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSummary, timings: dict, progress=None) -> None:
+    """Validation kept epoch 0, the probe LP-FT started from, fitted on the training part alone: give ``network``
+    the probe mode's own head instead (the same features, C by cross-validation on every training image,
+    validation included), so ``--mode finetune`` never ends below ``--mode probe`` for want of the images
+    it held out. Only where a test split holds the evaluation (else the validation images are the
+    evaluation and must stay out of the head), and not under torchrun (the extraction needs every rank)."""
     import numpy as np
 
-    from transferkit.features.cache import FeatureCache
+    from transferkit.features.cache import usable_cache
     from transferkit.features.distributed import world
-    from transferkit.pipeline.probe import fit_head, head_rows, probe_features
+    from transferkit.pipeline.probe import fit_head, head_rows, probe_features, timed
 
-    if world().enabled:
-        summary.note = "kept epoch 0 (the probe, fitted on the training part; not refitted under torchrun)"
-        return
-    cache = FeatureCache() if config.cache else None
-    if cache is not None and not cache.available:
-        cache = None
-    feats, _, _ = probe_features(config, data, cache, network.backbone, None, {})
     split = np.asarray(data.split)
-    idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
-    n_fit = len(head_rows(idx))
-    head, head_summary, _ = fit_head(config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)
+    if not (split == "test").any():
+        summary.note = "kept epoch 0: the probe fitted on the training part (the validation images are the evaluation)"
+        return
+    if world().enabled:
+        summary.note = "kept epoch 0: the probe fitted on the training part (not refitted under torchrun)"
+        return
+    probe_config = dataclasses.replace(config, head="logistic")  # the head validation chose, not an MLP
+    cache = usable_cache(config.cache)
+    with timed(timings, "refit_probe"):
+        feats, _, _ = probe_features(probe_config, data, cache, network.backbone, progress, {})
+        idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
+        n_fit = len(head_rows(idx))
+        try:
+            head, head_summary, _ = fit_head(probe_config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)
+        except TransferkitError as exc:
+            summary.note = f"kept epoch 0: the probe fitted on the training part (refitting it on every training image failed: {exc})"
+            log.warning("%s", summary.note)
+            return
     network.head = head.to_module()
     chosen_C = f", C {head_summary.C:g}" if head_summary.C is not None else ""
     summary.note = f"kept epoch 0 (the probe): its head refitted on all {n_fit} training images, as --mode probe fits it{chosen_C}"
-    log.info("fine-tuning kept epoch 0: %s", summary.note)
+    log.info("fine-tuning %s", summary.note)
 
 
 def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progress=None, base: FinetuneConfig | None = None,
-                   lrs: tuple[float, ...] | None = None, write: bool = True, evaluate: bool = True) -> TrainResult | None:
+                   lrs: tuple[float, ...] | None = None, write: bool = True, evaluate: bool = True,
+                   refit_kept_probe: bool = True) -> TrainResult | None:
     """Fine-tune as ``config`` says; evaluate on the held-out split; save the bundle (backbone included) and report.
 
     Args:
@@ -171,6 +181,8 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
         lrs: learning rates to compare on validation (default: ``config.lr_candidates``, else the config's lr).
         write: save the bundle and report (``--mode auto`` saves only the run it keeps).
         evaluate: score the held-out split (``--mode auto`` scores only the model it keeps).
+        refit_kept_probe: when validation keeps epoch 0, refit the probe's head on every training image
+            (:func:`_refit_kept_probe`); ``--mode auto`` compares the unrefitted one on validation.
 
     Under torchrun every rank trains (DDP); rank 0 alone evaluates and saves, and the other ranks
     return ``None`` (with ``write=False``: the result without an evaluation).
@@ -207,8 +219,8 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
             barrier()
             return None
         return result
-    if write and fit.best_epoch == 0 and val is not None and len(val):
-        _refit_kept_probe(config, data, fit.model, summary)
+    if refit_kept_probe and fit.best_epoch == 0 and val is not None and len(val):
+        _refit_kept_probe(config, data, fit.model, summary, timings, progress)
         result.model = TrainedModel.from_network(fit.model, include_backbone=True)
     if evaluate:
         score_held_out(result, data, fit.model)
