@@ -200,7 +200,7 @@ def test_iter_classify_on_the_engine_streams_chunk_by_chunk_past_a_bad_file(tmp_
     stream = imagenet.iter_classify(iter(paths), tiny_backbone, top_k=2, batch_size=2, engine="onnxruntime", cache=False)
     first = next(stream)
     assert first.ok and len(first.top) == 2
-    assert len(decoded) <= chunk  # one chunk, not every file, was decoded before the first result
+    assert 0 < len(decoded) <= chunk  # the engine path decoded one chunk, not every file, before the first result
     rest = list(stream)
     assert [r.path for r in [first, *rest]] == [str(p) for p in paths]
     assert [r.ok for r in [first, *rest]] == [p != bad for p in paths]
@@ -279,3 +279,17 @@ def test_cli_empty_folder_is_one_line_exit_1(tmp_path, capsys):
     code = main(["classify", str(tmp_path / "none"), "--backbone", "test_efficientnet", "--weights", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "holds no image files" in err[0]
+
+
+def test_classify_without_a_cache_writes_nothing_there_and_auto_runs_eagerly(tmp_path, tiny_backbone, monkeypatch):
+    from transferkit.classifier import imagenet
+    from transferkit.core.errors import TransferkitError
+    from transferkit.features.cache import default_cache_dir
+
+    paths = [_png(tmp_path / "in" / f"{i}.png", 40 * i) for i in range(3)]
+    monkeypatch.setattr(imagenet, "_classify_on_engine", lambda *a, **k: pytest.fail("no engine without a cache under auto"))
+    results = imagenet.classify_images(paths, tiny_backbone, top_k=2, cache=False)
+    assert [r.ok for r in results] == [True] * 3
+    assert not default_cache_dir().exists() or not any(default_cache_dir().iterdir())
+    with pytest.raises(TransferkitError, match="unknown engine"):
+        imagenet.iter_classify(paths, tiny_backbone, engine="tensorrt")  # at the call, before any image

@@ -238,17 +238,18 @@ def _model_of(model, **backbone_options):
     return model
 
 
-def classify(images, model="efficientnet_lite0", *, top_k: int = 5, engine: str = "auto", **backbone_options):
+def classify(images, model="efficientnet_lite0", *, top_k: int = 5, engine: str = "auto", cache: bool = True, **backbone_options):
     """ImageNet labels for ``images`` (paths or folders) from a pretrained backbone's own head.
 
-    ``engine``: ``"auto"`` (the extraction engine measured fastest and faithful here) or ``"torch"`` (eager).
+    ``engine``: ``"auto"`` (the extraction engine measured fastest and faithful here) or ``"torch"`` (eager);
+    ``cache``: use the cache folder (engine choice, exported graph, the images' pooled features).
     Returns one :class:`~transferkit.classifier.imagenet.Classification` per file (``.top``: index, label, probability).
     """
     from transferkit.classifier.imagenet import classify_images
     from transferkit.data.files import list_image_files
 
     items = images if isinstance(images, (list, tuple)) else [images]
-    return classify_images(list_image_files(items), _model_of(model, **backbone_options), top_k=top_k, engine=engine)
+    return classify_images(list_image_files(items), _model_of(model, **backbone_options), top_k=top_k, engine=engine, cache=cache)
 
 
 def dream(model, target: str | int, *, compare: bool = False, backbone_options: dict | None = None, **settings):

@@ -68,21 +68,30 @@ def iter_classify(
         workers: decoding threads (0: decode in the calling thread; eager ``"torch"`` path only).
         engine: ``"auto"`` (the extraction engine measured fastest and faithful here), ``"onnxruntime"``,
             ``"openvino"``, or ``"torch"`` (the whole network eagerly, batch by batch).
-        cache: keep the pooled features in the feature cache (keyed by image content), as extraction does.
+        cache: use the cache folder: the measured engine choice and exported graph, and the pooled
+            features (keyed by image content), as extraction does. Without a usable cache nothing is
+            written there, and ``"auto"`` runs eagerly (measuring the engines on every call would cost
+            more than it saves).
         device: torch device for the torch engines.
 
     Raises:
         ValueError: the model has no 1000-class ImageNet head (raised at the call, not at the
             first ``next``).
+        EngineError: an unknown engine name (likewise at the call).
     """
+    from transferkit.features.cache import usable_cache
+    from transferkit.features.engines import plan_engine
+
     if model.num_classes != 1000:
         raise ValueError("classify needs a backbone with its pretrained 1000-class ImageNet head")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    plan_engine(engine, "fp32", device)
     k = max(1, min(top_k, 1000))
-    if engine == "torch" or not hasattr(getattr(model, "net", None), "get_classifier"):
+    store = usable_cache(cache) if engine != "torch" else None
+    if engine == "torch" or (engine == "auto" and store is None) or not hasattr(getattr(model, "net", None), "get_classifier"):
         return _classify_stream(paths, model, k, batch_size, workers)
-    return _classify_on_engine(paths, model, k, batch_size, max(1, workers), engine, cache, device)
+    return _classify_on_engine(paths, model, k, batch_size, max(1, workers), engine, store, device)
 
 
 def classify_images(paths: list[str | Path], model, *, top_k: int = 5, batch_size: int = 16, engine: str = "auto",
@@ -100,7 +109,7 @@ class _EngineOnFirstUse:
 
     @property
     def name(self) -> str:
-        return getattr(self._run, "name", "engine")
+        return getattr(self._run, "name", self._args[1])
 
     def __call__(self, pixels):
         if self._run is None:
@@ -111,17 +120,14 @@ class _EngineOnFirstUse:
         return self._run(pixels)
 
 
-def _classify_on_engine(paths, model, k: int, batch_size: int, workers: int, engine: str, cache: bool, device) -> Iterator[Classification]:
+def _classify_on_engine(paths, model, k: int, batch_size: int, workers: int, engine: str, store, device) -> Iterator[Classification]:
     from itertools import islice
 
-    from transferkit.features.cache import FeatureCache
     from transferkit.features.extract import extract_features
 
-    store = FeatureCache() if cache else None
-    if store is not None and not store.available:  # it warned once; go on without it
-        store = None
     run = _EngineOnFirstUse(model.eval(), engine, store.directory if store is not None else None, device)
     classifier = model.net.get_classifier()
+    on = next(iter(classifier.parameters()), torch.empty(0)).device
     names = imagenet_class_names()
     it = iter(paths)
     while chunk := [Path(p) for p in islice(it, batch_size * CHUNK_BATCHES)]:
@@ -130,7 +136,7 @@ def _classify_on_engine(paths, model, k: int, batch_size: int, workers: int, eng
         good = [i for i in range(len(chunk)) if feats.ok[i]]
         if good:
             with torch.inference_mode():
-                logits = classifier(torch.from_numpy(feats.X[good]).to(next(classifier.parameters()).device))
+                logits = classifier(torch.from_numpy(feats.X[good]).to(on))
                 values, indices = logits.double().softmax(dim=1).topk(k, dim=1)
             for i, vals, idxs in zip(good, values.tolist(), indices.tolist()):
                 results[i].top = [(j, names[j], float(v)) for j, v in zip(idxs, vals)]
