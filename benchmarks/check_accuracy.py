@@ -153,13 +153,13 @@ def grid_search_peer(folder: Path, test_paths: set[str], seed: int = 0) -> dict:
             "seconds": round(time.perf_counter() - t, 1)}
 
 
-def run_set(name: str, work: Path) -> dict:
+def run_set(name: str, work: Path, modes: tuple[str, ...] = MODES, peer: bool = True) -> dict:
     from transferkit.evaluate.compare import mcnemar
     from transferkit.pipeline.train import TrainConfig, train
 
     folder = build_set(name, work)
     rows, correct = {}, {}
-    for mode in MODES:
+    for mode in ("probe", *[m for m in modes if m != "probe"]):  # every setting is compared with the probe
         t, c = time.perf_counter(), time.process_time()
         result = train(TrainConfig(data=str(folder), mode=mode, seed=0, out=None, report=False, **SPLITS.get(name, {})))
         ev = result.evaluation
@@ -169,15 +169,16 @@ def run_set(name: str, work: Path) -> dict:
                       "images": result.images, "kept_epoch": result.finetune.best_epoch if result.finetune else None,
                       "auto": auto, "wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c, 1)}
         print(name, mode, f"{rows[mode]['test_acc']:.4f}", f"({rows[mode]['test_correct']}/{rows[mode]['test_images']})",
-              f"{rows[mode]['wall_s']} s", (auto or {}).get("chosen", ""), (auto or {}).get("backbone", ""), flush=True)
-    peer = grid_search_peer(folder, set(correct["probe"]))
-    assert set(peer["correct"]) == set(correct["probe"]), "the peer must be scored on the probe's test images"
-    correct["gridsearchcv"] = peer.pop("correct")
-    rows["gridsearchcv"] = {"test_acc": float(np.mean(list(correct["gridsearchcv"].values()))),
-                            "test_correct": int(sum(correct["gridsearchcv"].values())), **peer}
-    print(name, "gridsearchcv", f"{rows['gridsearchcv']['test_acc']:.4f}", f"C={peer['C']:g}", flush=True)
+              f"{rows[mode]['wall_s']} s", (auto or {}).get("mode", ""), (auto or {}).get("backbone", ""), flush=True)
+    if peer:
+        found = grid_search_peer(folder, set(correct["probe"]))
+        assert set(found["correct"]) == set(correct["probe"]), "the peer must be scored on the probe's test images"
+        correct["gridsearchcv"] = found.pop("correct")
+        rows["gridsearchcv"] = {"test_acc": float(np.mean(list(correct["gridsearchcv"].values()))),
+                                "test_correct": int(sum(correct["gridsearchcv"].values())), **found}
+        print(name, "gridsearchcv", f"{rows['gridsearchcv']['test_acc']:.4f}", f"C={found['C']:g}", flush=True)
     keys = sorted(correct["probe"])
-    for other in ("finetune", "auto", "gridsearchcv"):
+    for other in (r for r in rows if r != "probe"):
         cmp = mcnemar([correct[other][k] for k in keys], [correct["probe"][k] for k in keys])
         rows[other]["vs_probe"] = {"wins": cmp.b, "losses": cmp.c, "mcnemar_p_two_sided": round(cmp.p_two_sided, 5)}
     return {"folder": str(folder), "rows": rows}
@@ -209,6 +210,12 @@ def render_markdown(results: dict) -> str:
     for name, entry in results.get("sets", {}).items():
         rows = entry["rows"]
         lines.append(f"| {name} | {rows['probe']['wall_s']} | {rows['finetune']['wall_s']} | {rows['auto']['wall_s']}; {rows['auto']['cpu_s']} |")
+    for tag, rerun in results.get("reruns", {}).items():
+        lines += ["", f"Rerun `{tag}`: {rerun.get('why', '')}", "", "| set | probe (again) | " + " | ".join(rerun["modes"]) + " |",
+                  "|---|---|" + "---|" * len(rerun["modes"])]
+        for name, entry in rerun["sets"].items():
+            rows = entry["rows"]
+            lines.append(f"| {name} | {cell(rows['probe'], False)} | " + " | ".join(cell(rows[m]) for m in rerun["modes"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,10 +244,18 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     ap.add_argument("--md", default=None, help="also write the results table (Markdown) here")
     ap.add_argument("--render-only", action="store_true", help="only write --md from the results in --out")
+    ap.add_argument("--rerun", default=None, metavar="TAG",
+                    help="a changed setting measured again: only --modes (and the probe), stored under reruns/TAG")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--why", default="", help="with --rerun: what changed")
     args = ap.parse_args()
     if args.render_only:
+        if not args.md:
+            ap.error("--render-only writes the table to --md FILE; give --md")
         Path(args.md).write_text(render_markdown(json.loads(Path(args.out).read_text())))
         return
+    if not args.rerun and set(args.modes.split(",")) != set(MODES):
+        ap.error(f"a first run measures every setting ({','.join(MODES)}); measure a changed one with --rerun TAG --modes ...")
     from transferkit.core.atomic import atomic_write_text
 
     work = Path(args.work_dir)
@@ -248,9 +263,15 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results["protocol"] = __doc__
+    modes = tuple(args.modes.split(","))
     for name in args.sets.split(","):
-        results.setdefault("sets", {})[name] = run_set(name, work)
-        results["machine"] = machine()
+        if args.rerun:
+            rerun = results.setdefault("reruns", {}).setdefault(args.rerun, {"why": args.why, "modes": [m for m in modes if m != "probe"], "sets": {}})
+            rerun["sets"][name] = run_set(name, work, modes, peer=False)
+            rerun["machine"] = machine()
+        else:
+            results.setdefault("sets", {})[name] = run_set(name, work, modes)
+            results["machine"] = machine()
         atomic_write_text(out, json.dumps(results, indent=1, default=str))
         if args.md:
             atomic_write_text(args.md, render_markdown(results))
