@@ -208,3 +208,23 @@ def test_the_tables_decision_serves_auto_and_not_the_other_way_round(tmp_path, t
     counting.built.clear()
     again = choose_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, budget_s=0.05)
     assert again.cached and counting.built == []
+
+
+def test_an_fp32_decision_serves_other_weights_of_the_same_network_but_reduced_precision_does_not(tmp_path, monkeypatch):
+    """A fine-tuned copy of a backbone reuses its fp32 decision (speed is the architecture's; each build is
+    checked against PyTorch with its own weights); a reduced-precision decision is judged on the weights."""
+    from transferkit.backbones import create_backbone
+
+    a = create_backbone("test_efficientnet", weights="none", image_size=32, seed=0)
+    b = create_backbone("test_efficientnet", weights="none", image_size=32, seed=1)
+    assert engines_mod.weights_digest(a) != engines_mod.weights_digest(b)
+    counting = Counting(monkeypatch)
+    first = choose_engine(a, device="cpu", cache_dir=tmp_path, budget_s=0.05)
+    counting.built.clear()
+    again = choose_engine(b, device="cpu", cache_dir=tmp_path, budget_s=0.05)
+    assert again.cached and again.name == first.name and counting.built == []
+    engine = create_engine(b, "auto", cache_dir=tmp_path, device="cpu")
+    x = engines_mod.synthetic_probe_pixels(b.spec, 3)
+    assert np.abs(engine(x) - engines_mod.TorchEngine(b, "cpu")(x)).max() < 1e-4  # b's own weights, not a's
+    key = dict(device="cpu", machine=select.machine_description("cpu"), probe=select.probe_pixels(a.spec))
+    assert select.decision_key(a, precision="auto", **key) != select.decision_key(b, precision="auto", **key)

@@ -6,7 +6,8 @@ user's backbone at its input size, run once on a probe batch against fp32 eager 
 reference), then timed round-robin (A B C A B C ..., so a load change on a shared machine hits all of
 them alike) for a few seconds; the median images/s decides. The decision is cached as JSON under the
 cache dir, keyed on CPU model and flags, library versions, threads, device, backbone spec and weights
-digest and the precision asked for, so it is measured once per machine and backbone.
+digest (at fp32 the architecture alone: a fine-tuned copy reuses the decision, and each build is checked
+against PyTorch with its own weights) and the precision asked for, so it is measured once per machine and backbone.
 
 Faithfulness rule, on the pooled features of a 16-image probe batch (the real photos that installed
 packages ship -- scikit-learn's, matplotlib's, ... -- decoded like any input, plus flipped and rotated
@@ -332,8 +333,12 @@ def decision_key(backbone, *, precision: str, device: str, machine: dict, probe:
     from transferkit.features.engines import weights_digest
     from transferkit.features.preprocess import digest
 
+    # At fp32 the decision is about speed, which the architecture sets, not the weights: every build of
+    # an fp32 graph engine is checked against PyTorch with the weights it runs (max abs diff), so a
+    # fine-tuned copy of a backbone reuses its decision. Reduced precision is judged on the weights.
+    weights = "any: each fp32 build is checked against PyTorch" if precision == "fp32" else weights_digest(backbone)
     return digest({"v": SELECT_VERSION, "machine": machine, "spec": backbone.spec.cache_key_fields(),
-                   "weights": weights_digest(backbone), "precision": precision,
+                   "weights": weights, "precision": precision,
                    "probe": hashlib.sha256(probe.tobytes()).hexdigest(),
                    "rules": [FP32_REL_TOL, FP32_MIN_COSINE, REDUCED_MEDIAN_COSINE, REDUCED_MIN_COSINE, AUTO_MIN_COSINE]})
 
