@@ -570,3 +570,28 @@ def test_mode_finetune_without_a_test_split_keeps_the_probe_it_validated(tiny_im
                               finetune=FinetuneConfig(epochs=1, head_epochs=0, lr=1e-12, augment="none")))
     assert tuned.metrics["finetune"]["best_epoch"] == 0 and tuned.split == "val"
     assert "validation images are the evaluation" in tuned.metrics["finetune"]["note"]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
+def test_flip_tta_on_the_engine_matches_the_whole_network_views(tiny_image_folder, tiny_backbone, engine):
+    """evaluate_model(tta="flip") averages the image's and its mirror's probabilities on the feature engine;
+    they are the eager tta_predict_proba's to float rounding, and the mirror features have their own cache key."""
+    from transferkit.classifier.bundle import ClassifierModel
+    from transferkit.evaluate.model import evaluate_model
+    from transferkit.evaluate.tta import predict_proba
+    from transferkit.features.extract import model_cache_key
+
+    images = _imageset(tiny_image_folder)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(tiny_backbone.num_features, len(images.class_names))
+    with torch.no_grad():
+        head.weight.mul_(300.0)  # confident logits: the mirror view moves the probabilities visibly
+    model = ClassifierModel(tiny_backbone, head, images.class_names).eval()
+    ev = evaluate_model(model, images, engine=engine, tta="flip")
+    eager = predict_proba(model, images, tta="flip")
+    plain = predict_proba(model, images, tta="none")
+    assert ev.metrics["tta"] == "flip" and ev.metrics["features"]["engine"] != "torch"
+    mirror_effect = np.abs(eager - plain).max()
+    assert mirror_effect > 0.01  # the mirror views really count
+    assert np.abs(ev.probs - eager).max() < mirror_effect / 50
+    assert model_cache_key(tiny_backbone, view="mirror") != model_cache_key(tiny_backbone)

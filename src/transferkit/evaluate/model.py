@@ -18,13 +18,13 @@ def evaluate_model(
     """Evaluate a ClassifierModel on an ImageSet whose class names the model knows.
 
     Labels are matched by class *name*, so a dataset with fewer classes or another order works.
-    ``tta`` other than ``"none"`` runs the whole network on several views of each image
-    (:mod:`transferkit.evaluate.tta`) instead of the feature engine.
+    ``tta="flip"`` averages the probabilities of each image and its mirror image, both on the feature
+    engine; ``"flip-zoom"`` runs the whole network on its four views (:mod:`transferkit.evaluate.tta`).
 
     Raises:
         DataError: the data has classes the model does not know, or no readable image.
     """
-    if tta != "none":
+    if tta not in ("none", "flip"):
         from transferkit.evaluate.tta import evaluate_tta
 
         return evaluate_tta(model, imageset, tta=tta, batch_size=batch_size)
@@ -41,9 +41,16 @@ def evaluate_model(
     if len(good) == 0:
         raise DataError("none of the images could be read; see `transferkit data inspect`")
     probs = probabilities_from_features(model.head, feats.X[good])
+    if tta == "flip":  # the mirror images' features, on the same engine; averaged like tta_predict_proba does
+        mirrored = model_features(model, [imageset.paths[i] for i in good], engine=engine, batch_size=batch_size, cache=cache, progress=None,
+                                  device=device, decode_options=imageset.decode_options, view="mirror")
+        both = mirrored.ok[:, None]  # a file that changed between the two reads keeps its one view
+        probs = np.where(both, (probs + probabilities_from_features(model.head, np.where(both, mirrored.X, 0.0))) / 2.0, probs)
     ev = evaluate_probabilities(probs, to_model[imageset.labels[good]], model.class_names, paths=[str(imageset.paths[i]) for i in good])
     ev.metrics["failed_images"] = {p: r for p, r in feats.errors.items()}
     ev.metrics["features"] = feats.stats
+    if tta != "none":
+        ev.metrics["tta"] = tta
     return ev
 
 

@@ -35,11 +35,11 @@ class Prediction:
         return {"path": self.path, "error": self.error or None, "predictions": [{"label": c, "probability": p} for c, p in self.top]}
 
 
-def model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device, decode_options=None):
+def model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, progress, device, decode_options=None, view: str = "image"):
     from transferkit.features import extract_features
 
     return extract_features(paths, model.backbone, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
-                            decode_options=decode_options)
+                            decode_options=decode_options, view=view)
 
 
 def predict_images(

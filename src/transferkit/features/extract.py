@@ -45,11 +45,15 @@ class Features:
     stats: dict = field(default_factory=dict)
 
 
-def model_cache_key(backbone, precision: str = "fp32") -> str:
+VIEWS = ("image", "mirror")
+
+
+def model_cache_key(backbone, precision: str = "fp32", view: str = "image") -> str:
     """Cache key of everything that decides a feature vector except the image itself.
 
     ``precision``: what the engine computes in; reduced-precision (``bf16``/``fp16``) features get
-    their own key, fp32 ones keep the key they always had.
+    their own key, fp32 ones keep the key they always had. ``view``: ``"mirror"`` (the preprocessed
+    image flipped left to right, for test-time augmentation) gets its own key too.
     """
     from transferkit.features.engines import weights_digest
 
@@ -62,6 +66,8 @@ def model_cache_key(backbone, precision: str = "fp32") -> str:
     }
     if precision != "fp32":
         fields["precision"] = precision
+    if view != "image":
+        fields["view"] = view
     return digest(fields)
 
 
@@ -81,19 +87,25 @@ def _plan(backbone, engine, precision: str, device, cache_dir):
     return planned, None, None
 
 
-def _decode(path: Path, spec, decode_options: dict) -> tuple[np.ndarray | None, str, bool]:
-    """(pixels, error, lenient): ``lenient`` when only ``allow_truncated`` made the file readable."""
+def _decode(path: Path, spec, decode_options: dict, mirror: bool = False) -> tuple[np.ndarray | None, str, bool]:
+    """(pixels, error, lenient): ``lenient`` when only ``allow_truncated`` made the file readable; ``mirror``
+    flips the preprocessed pixels left to right."""
     from transferkit.data.decode import ImageDecodeError, TruncatedImageError
 
     options = dict(decode_options)
     allow_truncated = bool(options.pop("allow_truncated", False))
+
+    def decoded(**extra) -> np.ndarray:
+        px = decode_uint8(path, spec, **options, **extra)
+        return np.ascontiguousarray(px[:, ::-1]) if mirror else px
+
     try:
-        return decode_uint8(path, spec, **options), "", False
+        return decoded(), "", False
     except TruncatedImageError as exc:
         if not allow_truncated:
             return None, str(exc), False
         try:
-            return decode_uint8(path, spec, allow_truncated=True, **options), "", True
+            return decoded(allow_truncated=True), "", True
         except ImageDecodeError as again:
             return None, str(again), False
     except ImageDecodeError as exc:
@@ -164,6 +176,7 @@ def extract_features(
     progress: ProgressCallback | None = None,
     device: str | None = None,
     decode_options: dict | None = None,
+    view: str = "image",
 ) -> Features:
     """Pooled features of ``backbone`` for each image, from the cache where possible.
 
@@ -183,6 +196,8 @@ def extract_features(
         decode_options: ``allow_truncated`` / ``max_pixels`` for decoding (pass an ImageSet's
             :attr:`~transferkit.data.imageset.ImageSet.decode_options`, so files the loader kept
             under those options are not rejected here).
+        view: ``"image"``, or ``"mirror"``: the preprocessed image flipped left to right (test-time
+            augmentation); cached under its own key.
 
     Returns:
         :class:`Features`; undecodable images are reported in ``errors``, not raised.
@@ -196,7 +211,9 @@ def extract_features(
     store = FeatureCache() if cache is True else (cache or None)
     cache_dir = store.directory if store is not None else None
     feature_precision, run, choice = _plan(backbone, engine, precision, device, cache_dir)
-    key = model_cache_key(backbone, feature_precision)
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+    key = model_cache_key(backbone, feature_precision, view)
     X = np.full((n, spec.num_features), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     errors: dict[str, str] = {}
@@ -225,7 +242,7 @@ def extract_features(
                     i = next(it, None)
                     if i is None:
                         return
-                    pending.append((i, pool.submit(_decode, paths[i], spec, dict(decode_options or {}))))
+                    pending.append((i, pool.submit(_decode, paths[i], spec, dict(decode_options or {}), view == "mirror")))
 
             refill()
             while pending:

@@ -114,9 +114,7 @@ def split_parts(config: TrainConfig, data, lrs):
 
 def score_held_out(result: TrainResult, data, network) -> TrainResult:
     """Evaluate ``network`` on the run's test images (else its validation images, with a caveat) into ``result``."""
-    from transferkit.evaluate.metrics import evaluate_probabilities
     from transferkit.evaluate.model import evaluate_model
-    from transferkit.evaluate.tta import predict_proba
     from transferkit.pipeline.probe import timed
 
     ft = result.finetune
@@ -126,13 +124,9 @@ def score_held_out(result: TrainResult, data, network) -> TrainResult:
     if not held_out:
         return result
     config = result.config
-    with timed(result.timings, "evaluate"):
-        if config.tta == "none":  # the feature engine, on an export of this network (checked against PyTorch)
-            result.evaluation = evaluate_model(network, part, engine=config.engine, batch_size=config.batch_size, cache=config.cache,
-                                               device=config.device)
-        else:  # several views of each image through the whole network
-            probs = predict_proba(network, part, tta=config.tta)
-            result.evaluation = evaluate_probabilities(probs, part.labels, data.class_names, paths=[str(p) for p in part.paths])
+    with timed(result.timings, "evaluate"):  # on the feature engine (an export of this network), flip TTA too
+        result.evaluation = evaluate_model(network, part, engine=config.engine, batch_size=config.batch_size, cache=config.cache,
+                                           device=config.device, tta=config.tta)
     result.split = held_out
     if held_out == "val":
         result.split_note = ("the validation images also chose the epoch (and the setting): this accuracy is optimistic; "
