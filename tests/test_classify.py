@@ -293,3 +293,22 @@ def test_classify_without_a_cache_writes_nothing_there_and_auto_runs_eagerly(tmp
     assert not default_cache_dir().exists() or not any(default_cache_dir().iterdir())
     with pytest.raises(TransferkitError, match="unknown engine"):
         imagenet.iter_classify(paths, tiny_backbone, engine="tensorrt")  # at the call, before any image
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_cli_engine_and_no_cache_give_the_same_labels_and_write_nothing(photo_tree, capsys, engine):
+    from transferkit.features.cache import default_cache_dir
+
+    root, good, broken = photo_tree
+    args = ["classify", str(root), "--backbone", "test_efficientnet", "--weights", "none", "--top-k", "2", "--format", "json"]
+    assert main([*args, "--engine", engine, "--no-cache"]) == 0
+    fast = {r["path"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert not default_cache_dir().exists() or not any(default_cache_dir().iterdir())  # --no-cache: nothing under the cache
+    assert main([*args, "--engine", "torch"]) == 0
+    eager = {r["path"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert fast.keys() == eager.keys() and fast[str(broken)]["error"]
+    for p in good:
+        a, b = fast[str(p)]["predictions"], eager[str(p)]["predictions"]
+        assert [x["index"] for x in a] == [x["index"] for x in b]
+        assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-4)
+    assert main([*args, "--engine", "tensorrt"]) != 0
