@@ -379,6 +379,7 @@ def test_train_mode_finetune_and_auto_through_train_config(tiny_image_folder, tm
                       finetune=FinetuneConfig(epochs=2, head_epochs=1, augment="light"), tta="flip")
     result = train(cfg)
     assert result.metrics["mode"] == "finetune" and result.metrics["tta"] == "flip"
+    assert result.evaluation.metrics["tta"] == "flip"  # the held-out scoring itself averaged the mirror views
     assert [r["epoch"] for r in result.metrics["history"]] == [0, 1, 2]
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
     assert (tmp_path / "b" / "report" / "curves.png").is_file()
@@ -573,7 +574,7 @@ def test_mode_finetune_without_a_test_split_keeps_the_probe_it_validated(tiny_im
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
-def test_flip_tta_on_the_engine_matches_the_whole_network_views(tiny_image_folder, tiny_backbone, engine):
+def test_flip_tta_on_the_engine_matches_the_whole_network_views(tiny_image_folder, tiny_backbone, engine, monkeypatch):
     """evaluate_model(tta="flip") averages the image's and its mirror's probabilities on the feature engine;
     they are the eager tta_predict_proba's to float rounding, and the mirror features have their own cache key."""
     from transferkit.classifier.bundle import ClassifierModel
@@ -587,10 +588,18 @@ def test_flip_tta_on_the_engine_matches_the_whole_network_views(tiny_image_folde
     with torch.no_grad():
         head.weight.mul_(300.0)  # confident logits: the mirror view moves the probabilities visibly
     model = ClassifierModel(tiny_backbone, head, images.class_names).eval()
-    ev = evaluate_model(model, images, engine=engine, tta="flip")
+    from transferkit.features import select
+
+    built = []
+    real = select.create_engine
+    monkeypatch.setattr(select, "create_engine", lambda *a, **k: built.append(1) or real(*a, **k))
+    ev = evaluate_model(model, images, engine=engine, tta="flip", cache=False)
+    assert len(built) == 1  # one engine serves both views
     eager = predict_proba(model, images, tta="flip")
     plain = predict_proba(model, images, tta="none")
-    assert ev.metrics["tta"] == "flip" and ev.metrics["features"]["engine"] != "torch"
+    assert ev.metrics["tta"] == "flip"
+    if engine != "auto":  # auto may choose eager torch on some machine; a named engine is what it says
+        assert ev.metrics["features"]["engine"] == engine
     mirror_effect = np.abs(eager - plain).max()
     assert mirror_effect > 0.01  # the mirror views really count
     assert np.abs(ev.probs - eager).max() < mirror_effect / 50

@@ -100,32 +100,13 @@ def classify_images(paths: list[str | Path], model, *, top_k: int = 5, batch_siz
     return list(iter_classify(paths, model, top_k=top_k, batch_size=batch_size, engine=engine, cache=cache))
 
 
-class _EngineOnFirstUse:
-    """The extraction engine, built when the first image needs it (a chunk served from the cache builds none)."""
-
-    def __init__(self, model, engine: str, cache_dir, device) -> None:
-        self._args = (model, engine, cache_dir, device)
-        self._run = None
-
-    @property
-    def name(self) -> str:
-        return getattr(self._run, "name", self._args[1])
-
-    def __call__(self, pixels):
-        if self._run is None:
-            from transferkit.features.select import create_engine
-
-            model, engine, cache_dir, device = self._args
-            self._run = create_engine(model, engine, cache_dir=cache_dir, device=device)
-        return self._run(pixels)
-
-
 def _classify_on_engine(paths, model, k: int, batch_size: int, workers: int, engine: str, store, device) -> Iterator[Classification]:
     from itertools import islice
 
     from transferkit.features.extract import extract_features
+    from transferkit.features.select import EngineOnFirstUse
 
-    run = _EngineOnFirstUse(model.eval(), engine, store.directory if store is not None else None, device)
+    run = EngineOnFirstUse(model.eval(), engine, cache_dir=store.directory if store is not None else None, device=device)
     classifier = model.net.get_classifier()
     on = next(iter(classifier.parameters()), torch.empty(0)).device
     names = imagenet_class_names()

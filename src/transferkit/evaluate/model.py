@@ -35,6 +35,12 @@ def evaluate_model(
             f"the model knows {', '.join(model.class_names[:8])}{' ...' if len(model.class_names) > 8 else ''}"
         )
     to_model = np.array([model.class_names.index(c) for c in imageset.class_names], dtype=np.int64)
+    if tta == "flip" and isinstance(engine, str):  # one engine for both views, built (and measured) once
+        from transferkit.features.cache import usable_cache
+        from transferkit.features.select import EngineOnFirstUse
+
+        store = usable_cache(cache)
+        engine = EngineOnFirstUse(model.backbone, engine, cache_dir=store.directory if store is not None else None, device=device)
     feats = model_features(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
                             decode_options=imageset.decode_options)
     good = np.flatnonzero(feats.ok)

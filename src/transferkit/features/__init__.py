@@ -20,6 +20,7 @@ _EXPORTS = {
     "TorchEngine": "engines",
     "TorchVariantEngine": "engines",
     "create_engine": "select",
+    "EngineOnFirstUse": "select",
     "weights_digest": "engines",
     "Features": "extract",
     "cached_features": "extract",

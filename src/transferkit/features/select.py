@@ -333,9 +333,10 @@ def decision_key(backbone, *, precision: str, device: str, machine: dict, probe:
     from transferkit.features.engines import weights_digest
     from transferkit.features.preprocess import digest
 
-    # At fp32 the decision is about speed, which the architecture sets, not the weights: every build of
-    # an fp32 graph engine is checked against PyTorch with the weights it runs (max abs diff), so a
-    # fine-tuned copy of a backbone reuses its decision. Reduced precision is judged on the weights.
+    # At fp32 the decision is about speed, which the architecture sets, not the weights, so a fine-tuned
+    # copy of a backbone reuses its decision: the graph engines (ONNX Runtime, OpenVINO) check every
+    # build against PyTorch with the weights it runs, and the torch variants are PyTorch's own fp32
+    # (channels_last) computation. Reduced precision is judged on the weights.
     weights = "any: each fp32 build is checked against PyTorch" if precision == "fp32" else weights_digest(backbone)
     return digest({"v": SELECT_VERSION, "machine": machine, "spec": backbone.spec.cache_key_fields(),
                    "weights": weights, "precision": precision,
@@ -496,3 +497,23 @@ def create_engine(backbone, engine: str = "auto", *, cache_dir: Path | None = No
             again = choose_engine(backbone, precision=precision, device=device, cache_dir=cache_dir, refresh=True)
             return again.engine(backbone, cache_dir=cache_dir, device=device)
     return engine_module.build_engine(name, backbone, cache_dir=cache_dir, device=device)
+
+
+class EngineOnFirstUse:
+    """:func:`create_engine`'s engine, built when the first batch needs it: a caller that runs several
+    extractions (chunks of a stream, the views of test-time augmentation) builds and loads it once, and
+    not at all when every image comes from the feature cache. Callable like an engine."""
+
+    def __init__(self, backbone, engine: str = "auto", *, cache_dir: Path | None = None, device: str | None = None) -> None:
+        self._args = (backbone, engine, cache_dir, device)
+        self._run = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self._run, "name", self._args[1])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self._run is None:
+            backbone, engine, cache_dir, device = self._args
+            self._run = create_engine(backbone, engine, cache_dir=cache_dir, device=device)
+        return self._run(pixels)

@@ -127,6 +127,10 @@ def score_held_out(result: TrainResult, data, network) -> TrainResult:
     with timed(result.timings, "evaluate"):  # on the feature engine (an export of this network), flip TTA too
         result.evaluation = evaluate_model(network, part, engine=config.engine, batch_size=config.batch_size, cache=config.cache,
                                            device=config.device, tta=config.tta)
+        # The run's record keeps the fine-tune's schema: no per-file failures (the split's files were
+        # verified) and no scoring pass's extraction counts, which the probe's record uses for training.
+        for key in ("failed_images", "features"):
+            result.evaluation.metrics.pop(key, None)
     result.split = held_out
     if held_out == "val":
         result.split_note = ("the validation images also chose the epoch (and the setting): this accuracy is optimistic; "
