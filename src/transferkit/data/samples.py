@@ -10,27 +10,33 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-# name -> (module whose folder holds it, relative path); Debian paths are absolute.
+# name -> (top-level package whose folder holds it, relative path); Debian paths are absolute.
+# Top-level packages only: finding one does not import it (finding ``sklearn.datasets`` would run
+# scikit-learn's ``__init__``, over a second of start-up for every engine decision that reads these).
 _SAMPLES: dict[str, tuple[str, str]] = {
-    "chelsea": ("skimage.data", "chelsea.png"),
-    "coffee": ("skimage.data", "coffee.png"),
-    "astronaut": ("skimage.data", "astronaut.png"),
-    "rocket": ("skimage.data", "rocket.jpg"),
-    "china": ("sklearn.datasets", "images/china.jpg"),
-    "flower": ("sklearn.datasets", "images/flower.jpg"),
+    "chelsea": ("skimage", "data/chelsea.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
     "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
     "dog": ("", "/usr/share/darknet/data/dog.jpg"),
 }
 
 
-def _module_dir(module: str) -> Path | None:
+def _module_dir(package: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing it."""
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.origin:
+    if spec is None:
         return None
-    return Path(spec.origin).parent
+    if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
+        return Path(spec.origin).parent
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]) if locations else None
 
 
 def sample_photos() -> dict[str, Path]:
