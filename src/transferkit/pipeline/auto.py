@@ -204,7 +204,7 @@ def _probe_cv(config: TrainConfig, X: np.ndarray, y: np.ndarray, rows: np.ndarra
 def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, timings, budget, started) -> tuple[_BackboneScore, list]:
     """Stage 1: features of each candidate backbone; the configured one unless another is clearly better."""
     from transferkit.features.distributed import world
-    from transferkit.pipeline.probe import head_rows, probe_features
+    from transferkit.pipeline.probe import head_rows, probe_features, split_rows
 
     names = backbone_candidates(config)
     if backbone is not None or world().enabled or config.head != "logistic" or config.C is not None:
@@ -231,9 +231,7 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
             rate = (feats.stats.get("images_per_s_computed") if feats is not None else None) or rate
         if len(names) == 1 or feats is None:
             break
-        split = np.asarray(data.split)
-        idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
-        rows = head_rows(idx)
+        rows = head_rows(split_rows(data, feats.ok))
         head = _probe_cv(cfg_b, feats.X, data.labels, rows)
         score.oof_rows = rows[head.oof_index_]
         y = data.labels[score.oof_rows]

@@ -148,7 +148,7 @@ def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSumma
 
     from transferkit.features.cache import usable_cache
     from transferkit.features.distributed import world
-    from transferkit.pipeline.probe import fit_head, head_rows, probe_features, timed
+    from transferkit.pipeline.probe import fit_head, head_rows, probe_features, split_rows, timed
 
     split = np.asarray(data.split)
     if not (split == "test").any():
@@ -161,7 +161,7 @@ def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSumma
     cache = usable_cache(config.cache)
     with timed(timings, "refit_probe"):
         feats, _, _ = probe_features(probe_config, data, cache, network.backbone, progress, {})
-        idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
+        idx = split_rows(data, feats.ok)
         n_fit = len(head_rows(idx))
         try:
             head, head_summary, _ = fit_head(probe_config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)

@@ -101,6 +101,12 @@ def _rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
     return a[index]
 
 
+def split_rows(data, ok: np.ndarray) -> dict[str, np.ndarray]:
+    """Row indices of each split (``train``, ``val``, ``test``) among the images whose features were read (``ok``)."""
+    split = np.asarray(data.split)
+    return {s: np.flatnonzero((split == s) & ok) for s in ("train", "val", "test")}
+
+
 def head_rows(idx: dict[str, np.ndarray]) -> np.ndarray:
     """The rows the probe's head is fitted on: the training rows, and the validation rows too when a
     test split holds the evaluation (the held-out rows never shape the head).
@@ -113,14 +119,17 @@ def head_rows(idx: dict[str, np.ndarray]) -> np.ndarray:
     return idx["train"]
 
 
+_MOVE_BLOCK = 4096  # rows copied at a time: a bounded temporary (20 MB at 1280 float32 features)
+
+
 def _move_rows_to_front(a: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``a[index]`` moved to ``a[:len(index)]`` in place, a block at a time; returns that view.
 
     ``index`` is sorted, so row ``index[i] >= i``: each block's sources lie at or after its
     destination, and no row is overwritten before it is read.
     """
-    for start in range(0, len(index), 4096):
-        part = index[start : start + 4096]
+    for start in range(0, len(index), _MOVE_BLOCK):
+        part = index[start : start + _MOVE_BLOCK]
         a[start : start + len(part)] = a[part]
     return a[: len(index)]
 
@@ -222,8 +231,7 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
     if feats is None:  # another rank of a torchrun job: its shard is done; rank 0 fits, evaluates, saves
         barrier()
         return None
-    split = np.asarray(data.split)
-    idx = {s: np.flatnonzero((split == s) & feats.ok) for s in ("train", "val", "test")}
+    idx = split_rows(data, feats.ok)
     if len(idx["train"]) == 0:
         raise DataError("no training image could be read; see `transferkit data inspect`")
     held_out = held_out_split(data)
@@ -268,4 +276,4 @@ def _data_name(config: TrainConfig) -> str:
     return Path(config.data).name or "data"
 
 
-__all__ = ["build_backbone", "fit_head", "head_rows", "probe_features", "timed", "train_probe"]
+__all__ = ["build_backbone", "fit_head", "head_rows", "probe_features", "split_rows", "timed", "train_probe"]
