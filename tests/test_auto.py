@@ -155,12 +155,15 @@ def test_auto_compares_backbones_on_out_of_fold_predictions_and_records_them(tmp
     result = train(_cfg(root, tmp_path, backbone_candidates=("test_efficientnet", "test_byobnet")))
     auto = result.metrics["auto"]
     rows = {c["name"]: c for c in auto["candidates"]}
-    assert set(rows) == {"probe test_efficientnet", "probe test_byobnet"} and auto["mode"] == "probe"
-    other = rows["probe test_byobnet"]
-    assert other["stage"] == "backbone" and other["versus"] == "probe test_efficientnet"
-    assert other["n"] == rows["probe test_efficientnet"]["n"] == result.images["train"] + result.images["val"]
+    together = {"probe test_efficientnet + test_byobnet (features concatenated)", "probe test_efficientnet + test_byobnet (probabilities averaged)"}
+    assert set(rows) == {"probe test_efficientnet", "probe test_byobnet"} | together and auto["mode"] == "probe"
+    for name in ("probe test_byobnet", *together):  # every candidate scored on the same out-of-fold images, against the configured one
+        other = rows[name]
+        assert other["stage"] == "backbone" and other["versus"] == "probe test_efficientnet"
+        assert other["n"] == rows["probe test_efficientnet"]["n"] == result.images["train"] + result.images["val"]
     kept = [name for name, c in rows.items() if c.get("chosen")]
-    assert len(kept) == 1 and auto["backbone"] == kept[0].split()[-1] == result.config.backbone
+    assert len(kept) == 1 and kept[0] not in together  # two colours: every probe is perfect, nothing is clearly better
+    assert auto["backbone"] == kept[0].split()[-1] == result.config.backbone
     meta = json.loads((tmp_path / "m" / "bundle.json").read_text())
     assert meta["backbone"]["name"] == auto["backbone"]
     assert [c["name"] for c in meta["metrics"]["auto"]["candidates"]] == [c["name"] for c in auto["candidates"]]

@@ -48,10 +48,13 @@ class Classifier:
         tta: test-time augmentation for a fine-tuned model's held-out metrics.
         val, test: split fractions (an official split is kept).
         seed: seed of the split, the head and fine-tuning.
+        combine: ``mode="auto"`` may choose a probe over several backbones together when it is clearly
+            better; ``False`` keeps one backbone (what :func:`dream`, :func:`attack`, :func:`featuremaps` and export need).
         batch_size, image_size, engine, device, cache, workers: as for ``transferkit train``.
 
     Attributes (after :meth:`fit` or :meth:`load`):
-        model_: the :class:`~transferkit.classifier.trained.TrainedModel`.
+        model_: the :class:`~transferkit.classifier.trained.TrainedModel` (or, for several backbones, the
+            :class:`~transferkit.classifier.multi.TrainedMultiModel`).
         classes_: the class names, in output order.
         result_: the :class:`~transferkit.pipeline.result.TrainResult` of :meth:`fit` (``None`` after :meth:`load`).
     """
@@ -60,11 +63,11 @@ class Classifier:
                  C: float | None = None, class_weight: str | None = None, finetune: FinetuneConfig | None = None,
                  lr_candidates: tuple[float, ...] | None = None, tta: str = "none", val: float = 0.15, test: float = 0.15,
                  seed: int = 0, batch_size: int = 32, image_size: int | None = None, engine: str = "auto",
-                 device: str | None = None, cache: bool = True, workers: int = 2) -> None:
+                 device: str | None = None, cache: bool = True, workers: int = 2, combine: bool = True) -> None:
         self.backbone, self.mode, self.weights, self.head, self.C = backbone, mode, weights, head, C
         self.class_weight, self.finetune, self.lr_candidates, self.tta = class_weight, finetune, lr_candidates, tta
         self.val, self.test, self.seed, self.batch_size, self.image_size = val, test, seed, batch_size, image_size
-        self.engine, self.device, self.cache, self.workers = engine, device, cache, workers
+        self.engine, self.device, self.cache, self.workers, self.combine = engine, device, cache, workers, combine
         self.model_ = None
         self.result_ = None
         self._recorded_config: dict[str, Any] = {}
@@ -79,7 +82,7 @@ class Classifier:
                            class_weight=self.class_weight, val=self.val, test=self.test, seed=self.seed, batch_size=self.batch_size,
                            image_size=self.image_size, format=data_format, cache=self.cache, report=report and out is not None,
                            workers=self.workers, device=self.device, finetune=self.finetune, lr_candidates=self.lr_candidates,
-                           tta=self.tta)
+                           tta=self.tta, combine=self.combine)
 
     def fit(self, data, *, out: str | os.PathLike | None = None, report: bool = True, data_format: str = "auto",
             progress: Callable[[int, int], None] | None = None) -> Classifier:
@@ -187,15 +190,16 @@ class Classifier:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Classifier:
         """A classifier from a bundle directory (sha256-checked, never unpickled)."""
-        from transferkit.classifier.bundle import read_bundle_meta
-        from transferkit.classifier.trained import TrainedModel
+        from transferkit.classifier.bundle import is_multi_backbone, read_bundle_meta
+        from transferkit.classifier.multi import load_trained
 
         meta = read_bundle_meta(path)
         recorded = meta.get("config") or {}
         known = {k: recorded[k] for k in ("mode", "weights", "head", "C", "class_weight", "val", "test", "seed", "batch_size", "engine")
                  if k in recorded}
-        clf = cls(meta["backbone"]["name"], **known)
-        clf.model_ = TrainedModel.load(path)
+        backbone = meta["members"][0]["backbone"] if is_multi_backbone(meta) else meta["backbone"]["name"]
+        clf = cls(backbone, **known)
+        clf.model_ = load_trained(path)
         clf._recorded_config = recorded
         return clf
 
@@ -219,9 +223,12 @@ def _predict_in_memory(network, image, name: str, top_k: int):
         image = Image.fromarray(image)
     if not hasattr(image, "convert"):
         return Prediction(name, error=f"cannot read a {type(image).__name__}; pass a path, a PIL image or a uint8 array")
-    x = to_tensor01(resize_center_crop(image.convert("RGB"), network.spec))[None]
-    with torch.inference_mode():
-        probs = network(x).double().softmax(dim=1)[0].numpy()
+    if hasattr(network, "members"):  # several backbones, each preprocessing the image its own way
+        probs = network.probabilities_of_image(image.convert("RGB"))
+    else:
+        x = to_tensor01(resize_center_crop(image.convert("RGB"), network.spec))[None]
+        with torch.inference_mode():
+            probs = network(x).double().softmax(dim=1)[0].numpy()
     order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
     return Prediction(name, [(network.class_names[j], float(probs[j])) for j in order])
 
@@ -230,7 +237,13 @@ def _model_of(model, **backbone_options):
     """The ``nn.Module`` of a :class:`Classifier`, a backbone name (built with ``backbone_options``:
     weights, image_size, ...), or a module as given."""
     if isinstance(model, Classifier):
-        return model.network
+        network = model.network
+        if hasattr(network, "members"):
+            from transferkit.core.errors import TransferkitError
+
+            raise TransferkitError(f"this classifier combines several backbones ({network.name}); dream, attack and featuremaps take "
+                                   "one network: fit one with Classifier(..., combine=False)")
+        return network
     if isinstance(model, str):
         from transferkit.backbones import create_backbone
 

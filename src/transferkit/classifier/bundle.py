@@ -27,7 +27,16 @@ import torch
 from torch import nn
 
 from transferkit.backbones.spec import BackboneSpec
-from transferkit.classifier.bundle_files import BACKBONE_FILE, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, HEAD_FILE, write_bundle_dir
+from transferkit.classifier.bundle_files import (
+    BACKBONE_FILE,
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    BUNDLE_JSON,
+    HEAD_FILE,
+    MULTI_BACKBONE_KIND,
+    MULTI_BUNDLE_FORMAT_VERSION,
+    write_bundle_dir,
+)
 from transferkit.classifier.bundle_files import sha256_file as _sha256
 from transferkit.classifier.bundle_files import umask as _umask  # noqa: F401 - kept for importers
 from transferkit.core.errors import BundleError, TransferkitError
@@ -196,11 +205,12 @@ def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not a transferkit bundle (bundle.json has no format {BUNDLE_FORMAT!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+    if not isinstance(version, int) or version > MULTI_BUNDLE_FORMAT_VERSION:
         raise BundleError(
-            f"{path} has bundle format version {version!r}; this transferkit reads up to {BUNDLE_FORMAT_VERSION}. Upgrade transferkit."
+            f"{path} has bundle format version {version!r}; this transferkit reads up to {MULTI_BUNDLE_FORMAT_VERSION}. Upgrade transferkit."
         )
-    for key in ("class_names", "backbone", "head", "files"):
+    multi = is_multi_backbone(meta)
+    for key in ("class_names", "members", "combine", "files") if multi else ("class_names", "backbone", "head", "files"):
         if key not in meta:
             raise BundleError(f"{path / BUNDLE_JSON} lacks {key!r}; the bundle is incomplete, re-create it")
     names, files = meta["class_names"], meta["files"]
@@ -208,8 +218,27 @@ def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{path / BUNDLE_JSON} has no list of class names (got {str(names)[:60]}); re-create the bundle")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise BundleError(f"{path / BUNDLE_JSON} has a malformed 'files' table (name -> sha256); re-create the bundle")
+    if multi:
+        members = meta["members"]
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) and isinstance(m.get("dir"), str)
+                                                                        and isinstance(m.get("backbone"), str) for m in members):
+            raise BundleError(f"{path / BUNDLE_JSON} has a malformed list of member models; re-create the bundle")
+        return meta
     _check_meta_sense(path, meta)
     return meta
+
+
+def is_multi_backbone(meta: dict[str, Any]) -> bool:
+    """Whether a parsed ``bundle.json`` is a model of several backbones (:mod:`transferkit.classifier.multi`)."""
+    return meta.get("kind") == MULTI_BACKBONE_KIND
+
+
+def one_backbone_only(path: Path, meta: dict[str, Any]) -> BundleError:
+    """The one-line refusal for a command that takes a model of one backbone and got several."""
+    names = ", ".join(m["backbone"] for m in meta["members"])
+    return BundleError(f"{path} combines {len(meta['members'])} backbones ({names}); this takes a model of one backbone "
+                       "(export, serve, attack, explain, flip-zoom TTA): train one with `--no-combine`, or use "
+                       "`transferkit predict`/`evaluate`, which take both")
 
 
 def _check_meta_sense(path: Path, meta: dict[str, Any]) -> None:
@@ -241,10 +270,8 @@ def _check_meta_sense(path: Path, meta: dict[str, Any]) -> None:
                           f"{spec.num_features} features; re-create the bundle")
 
 
-def _load_checked(path: Path, name: str, files: dict[str, str]) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def check_file_hash(path: Path, name: str, files: dict[str, str]) -> Path:
+    """``path / name``, after checking it is there and hashes to what ``bundle.json`` records for it."""
     file = path / name
     expected = files.get(name)
     if not expected:
@@ -255,8 +282,16 @@ def _load_checked(path: Path, name: str, files: dict[str, str]) -> dict[str, tor
     if actual != expected:
         raise BundleError(
             f"refused bundle {path}: {name} has sha256 {actual[:12]}... but bundle.json records {expected[:12]}...; "
-            "the weights were modified or corrupted. Re-create or re-download the bundle."
+            "it was modified or corrupted. Re-create or re-download the bundle."
         )
+    return file
+
+
+def _load_checked(path: Path, name: str, files: dict[str, str]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = check_file_hash(path, name, files)
     try:
         return load_file(str(file), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -322,6 +357,8 @@ def load_bundle(path: str | os.PathLike) -> ClassifierModel:
 
     path = Path(path)
     meta = read_bundle_meta(path)
+    if is_multi_backbone(meta):
+        raise one_backbone_only(path, meta)
     files = meta["files"]
     head_state = _load_checked(path, HEAD_FILE, files)
     backbone_state = _load_checked(path, BACKBONE_FILE, files) if meta.get("include_backbone") else None
@@ -346,8 +383,11 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "ClassifierModel",
     "build_head",
+    "check_file_hash",
     "head_config",
+    "is_multi_backbone",
     "load_bundle",
+    "one_backbone_only",
     "read_bundle_meta",
     "save_bundle",
 ]

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "transferkit-bundle"
 BUNDLE_FORMAT_VERSION = 1
+"""The format of a bundle of one backbone (what every release so far reads)."""
+MULTI_BUNDLE_FORMAT_VERSION = 2
+"""The format of a bundle of several backbones (member bundles inside it): older releases refuse it by its version."""
+MULTI_BACKBONE_KIND = "multi-backbone"
 BUNDLE_JSON = "bundle.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
@@ -171,7 +175,7 @@ def write_bundle_dir(
     extra: dict[str, Any] | None = None,
     extras: Callable[[Path], Any] | None = None,
 ) -> BundlePath:
-    """Write a bundle directory at ``path`` atomically (see :func:`transferkit.classifier.bundle.save_bundle`).
+    """Write a bundle directory of one backbone at ``path`` atomically (see :func:`transferkit.classifier.bundle.save_bundle`).
 
     Args:
         spec: the backbone's :class:`~transferkit.backbones.spec.BackboneSpec`.
@@ -192,6 +196,35 @@ def write_bundle_dir(
             file of the bundle cannot be written (the message names it and the cause, e.g. "no
             space left on device writing m/head.safetensors").
     """
+    model = {"backbone": spec.to_dict(), "include_backbone": bool(include_backbone), "head": head_cfg}
+    return write_bundle(path, model=model, weights=weights, class_names=class_names, metrics=metrics, config=config, extra=extra,
+                        extras=extras, what=f"backbone {spec.name}")
+
+
+def write_bundle(
+    path: str | os.PathLike,
+    *,
+    model: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    weights: dict[str, Callable[[str], None]],
+    class_names: list[str],
+    format_version: int = BUNDLE_FORMAT_VERSION,
+    metrics: dict[str, Any] | None = None,
+    config: Any = None,
+    extra: dict[str, Any] | None = None,
+    extras: Callable[[Path], Any] | None = None,
+    what: str = "",
+) -> BundlePath:
+    """Write any bundle directory atomically: what :func:`write_bundle_dir` does, for any model.
+
+    Args:
+        model: the fields of ``bundle.json`` that describe the model, or ``model(tmp_dir)`` that
+            writes the model's own files into the bundle being built (a model of several backbones
+            writes one bundle per member) and returns those fields; the files it writes are hashed
+            when it names them in ``"files"`` of its fields.
+        format_version: the bundle format this model needs (a reader older than it refuses it).
+        what: how the log line names the model.
+        The other arguments: as :func:`write_bundle_dir`.
+    """
     path = Path(path)
     check_bundle_target(path)
     try:
@@ -207,8 +240,10 @@ def write_bundle_dir(
             file = tmp / name
             _write_step(path / name, lambda write=write, file=file: write(str(file)))
             files[name] = _write_step(path / name, lambda file=file: sha256_file(file))
+        model_meta = dict(model(tmp) if callable(model) else model)
+        files.update(model_meta.pop("files", {}))
         if extras is not None:
-            own = set(weights)
+            own = set(weights) | {name.split("/")[0] for name in files}
             try:
                 extras(tmp)
             except Exception as exc:  # noqa: BLE001 - only the extras failed: the bundle goes on without them
@@ -223,13 +258,11 @@ def write_bundle_dir(
         manifest = _write_step(path, lambda: _files_under(tmp))
         meta = {
             "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
+            "format_version": int(format_version),
             "toolkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "class_names": list(class_names),
-            "backbone": spec.to_dict(),
-            "include_backbone": bool(include_backbone),
-            "head": head_cfg,
+            **model_meta,
             "files": files,
             "metrics": json_safe(metrics or {}),
             "config": json_safe(config) if config is not None else None,
@@ -264,7 +297,7 @@ def write_bundle_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("saved bundle %s (%d classes, backbone %s)", path, len(class_names), spec.name)
+    log.info("saved bundle %s (%d classes, %s)", path, len(class_names), what or "model")
     if extras_error:
         log.warning("the bundle %s was saved and kept, but its report was not written (%s)", path, extras_error)
     result = BundlePath(path)
@@ -373,11 +406,12 @@ def _extra_entries(path: Path) -> list[str]:
     if not meta_file.is_file():
         return []
     try:
-        known = set(json.loads(meta_file.read_text()).get("files", {})) | {BUNDLE_JSON}
+        known = {name.split("/")[0] for name in json.loads(meta_file.read_text()).get("files", {})} | {BUNDLE_JSON}
     except (OSError, ValueError, AttributeError):
         known = {BUNDLE_JSON}
     return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in known)
 
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "FOLDER_MANIFEST", "BundlePath", "check_bundle_target", "foreign_files",
-           "json_safe", "read_folder_manifest", "save_numpy_weights", "sha256_file", "write_bundle_dir", "write_folder_manifest"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "FOLDER_MANIFEST", "MULTI_BACKBONE_KIND", "MULTI_BUNDLE_FORMAT_VERSION",
+           "BundlePath", "check_bundle_target", "foreign_files", "json_safe", "read_folder_manifest", "save_numpy_weights", "sha256_file",
+           "write_bundle", "write_bundle_dir", "write_folder_manifest"]

@@ -21,7 +21,8 @@ def evaluate(
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none, flip (image + mirror) or flip-zoom (4 views); averages probabilities"),
 ) -> None:
     """Evaluate a bundle: accuracy, top-k, per-class P/R/F1, confusion matrix, calibration, worst mistakes."""
-    from transferkit.classifier.bundle import load_bundle, read_bundle_meta
+    from transferkit.classifier.bundle import read_bundle_meta
+    from transferkit.classifier.multi import load_classifier
     from transferkit.cli.train import extraction_progress
     from transferkit.data import load_images
     from transferkit.data.unused import UnusedFiles
@@ -34,7 +35,7 @@ def evaluate(
     output.check_format(engine, ("auto", "torch", "onnxruntime"))
     output.check_format(tta, ("none", "flip", "flip-zoom"))
     meta = read_bundle_meta(model)
-    clf = load_bundle(model)
+    clf = load_classifier(model)
     loaded = load_images(data, format=data_format)
     images = select_split(loaded, split, meta.get("config"))
     with extraction_progress("evaluating") as progress:

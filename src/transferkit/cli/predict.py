@@ -22,7 +22,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
 ) -> None:
     """Predict the classes of images with a trained model bundle."""
-    from transferkit.classifier.bundle import load_bundle
+    from transferkit.classifier.multi import load_classifier
     from transferkit.cli.train import extraction_progress
     from transferkit.data.files import list_image_files
     from transferkit.data.unused import UnusedFiles
@@ -30,7 +30,7 @@ def predict(
 
     output.check_format(fmt, ("table", "csv", "json"))
     output.check_format(engine, ("auto", "torch", "onnxruntime"))
-    clf = load_bundle(model)
+    clf = load_classifier(model)
     files = list_image_files(images)
     if out is not None:
         with extraction_progress("predicting") as progress:

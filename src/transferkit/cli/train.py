@@ -95,6 +95,8 @@ def train(
     checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir", help="finetune: write resumable checkpoints here"),
     resume: bool = typer.Option(False, "--resume", help="finetune: continue from --checkpoint-dir/last.pt (--mode auto: from each candidate-<i>/last.pt)"),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
+    combine: bool = typer.Option(True, "--combine/--no-combine", help="--mode auto: also compare probes over several backbones together "
+                                 "(--no-combine keeps one backbone, as export, serve, attack and explain need)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
     from transferkit.pipeline.config import HEAD_KINDS, MODES, TTA_CHOICES, TrainConfig
@@ -121,7 +123,7 @@ def train(
         val=val, test=test, seed=seed, batch_size=batch_size, class_weight=None if class_weight == "none" else class_weight, C=c_value,
         format=data_format, cache=not no_cache, report=not no_report, device=device,
         finetune=finetune_recipe(mode, device, **given) if mode != "probe" and given else None,
-        lr_candidates=(lr,) if lr is not None and mode != "probe" else None, tta=tta if mode != "probe" else "none",
+        lr_candidates=(lr,) if lr is not None and mode != "probe" else None, tta=tta if mode != "probe" else "none", combine=combine,
     )
     from transferkit.features.distributed import is_main_process
 

@@ -7,15 +7,15 @@ from collections.abc import Callable
 import numpy as np
 
 from transferkit.core.errors import DataError
-from transferkit.evaluate.metrics import Evaluation, evaluate_probabilities, probabilities_from_features
-from transferkit.evaluate.predict import model_features
+from transferkit.evaluate.metrics import Evaluation, evaluate_probabilities
+from transferkit.evaluate.predict import model_probabilities
 
 
 def evaluate_model(
     model, imageset, *, engine: str = "auto", batch_size: int = 32, cache: bool = True,
     progress: Callable[[int, int], None] | None = None, device: str | None = None, tta: str = "none",
 ) -> Evaluation:
-    """Evaluate a ClassifierModel on an ImageSet whose class names the model knows.
+    """Evaluate a ClassifierModel (or a multi-backbone model) on an ImageSet whose class names the model knows.
 
     Labels are matched by class *name*, so a dataset with fewer classes or another order works.
     ``tta="flip"`` averages the probabilities of each image and its mirror image, both on the feature
@@ -24,7 +24,10 @@ def evaluate_model(
     Raises:
         DataError: the data has classes the model does not know, or no readable image.
     """
+    members = getattr(model, "members", None)
     if tta not in ("none", "flip"):
+        if members is not None:
+            raise DataError(f"--tta {tta} runs one network on zoomed views; a model of several backbones takes --tta none or flip")
         from transferkit.evaluate.tta import evaluate_tta
 
         return evaluate_tta(model, imageset, tta=tta, batch_size=batch_size)
@@ -35,26 +38,29 @@ def evaluate_model(
             f"the model knows {', '.join(model.class_names[:8])}{' ...' if len(model.class_names) > 8 else ''}"
         )
     to_model = np.array([model.class_names.index(c) for c in imageset.class_names], dtype=np.int64)
-    if tta == "flip" and isinstance(engine, str):  # one engine for both views, built (and measured) once
+    if tta == "flip" and isinstance(engine, str):  # one engine per backbone for both views, built (and measured) once
         from transferkit.features.cache import usable_cache
         from transferkit.features.select import EngineOnFirstUse
 
         store = usable_cache(cache)
-        engine = EngineOnFirstUse(model.backbone, engine, cache_dir=store.directory if store is not None else None, device=device)
-    feats = model_features(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
-                            decode_options=imageset.decode_options)
-    good = np.flatnonzero(feats.ok)
+        where = store.directory if store is not None else None
+        engine = [EngineOnFirstUse(m.backbone, engine, cache_dir=where, device=device) for m in (members or [model])]
+        engine = engine if members is not None else engine[0]
+    out = model_probabilities(model, imageset.paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
+                              decode_options=imageset.decode_options)
+    good = np.flatnonzero(out.ok)
     if len(good) == 0:
         raise DataError("none of the images could be read; see `transferkit data inspect`")
-    probs = probabilities_from_features(model.head, feats.X[good])
-    if tta == "flip":  # the mirror images' features, on the same engine; averaged like tta_predict_proba does
-        mirrored = model_features(model, [imageset.paths[i] for i in good], engine=engine, batch_size=batch_size, cache=cache, progress=None,
-                                  device=device, decode_options=imageset.decode_options, view="mirror")
-        both = mirrored.ok[:, None]  # a file that changed between the two reads keeps its one view
-        probs = np.where(both, (probs + probabilities_from_features(model.head, np.where(both, mirrored.X, 0.0))) / 2.0, probs)
+    probs = out.probs
+    if tta == "flip":  # the mirror images' probabilities, on the same engines; averaged like tta_predict_proba does
+        mirrored = model_probabilities(model, [imageset.paths[i] for i in good], engine=engine, batch_size=batch_size, cache=cache,
+                                       progress=None, device=device, decode_options=imageset.decode_options, view="mirror")
+        both = np.flatnonzero(mirrored.ok)  # a file that changed between the two reads keeps its one view
+        probs = probs.copy()
+        probs[both] = (probs[both] + mirrored.probs) / 2.0
     ev = evaluate_probabilities(probs, to_model[imageset.labels[good]], model.class_names, paths=[str(imageset.paths[i]) for i in good])
-    ev.metrics["failed_images"] = {p: r for p, r in feats.errors.items()}
-    ev.metrics["features"] = feats.stats
+    ev.metrics["failed_images"] = dict(out.errors)
+    ev.metrics["features"] = out.stats
     if tta != "none":
         ev.metrics["tta"] = tta
     return ev

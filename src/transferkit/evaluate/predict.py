@@ -42,27 +42,86 @@ def model_features(model, paths: Sequence[Path], *, engine, batch_size, cache, p
                             decode_options=decode_options, view=view)
 
 
+@dataclass
+class ModelOutput:
+    """A model's class probabilities for image files.
+
+    Attributes:
+        probs: ``[n_ok, K]`` float64, one row per readable image, in order.
+        ok: ``[N]`` which files were read (by every member of a multi-backbone model).
+        errors: path -> why a file could not be read.
+        stats: feature-extraction counts (for several backbones: summed, with ``members`` each's own).
+    """
+
+    probs: np.ndarray
+    ok: np.ndarray
+    errors: dict[str, str]
+    stats: dict
+
+
+def model_probabilities(model, paths: Sequence[Path], *, engine="auto", batch_size: int = 32, cache=True, progress=None, device=None,
+                        decode_options=None, view: str = "image") -> ModelOutput:
+    """Class probabilities of a ``ClassifierModel`` or a :class:`~transferkit.classifier.multi.MultiBackboneModel` for image files.
+
+    A multi-backbone model extracts each member's features on its own preprocessing, engine and cache
+    entries (``engine`` may be one per member), then combines them; an image counts as readable when
+    every member read it.
+    """
+    members = getattr(model, "members", None)
+    if members is None:
+        feats = model_features(model, paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device,
+                               decode_options=decode_options, view=view)
+        good = np.flatnonzero(feats.ok)
+        probs = probabilities_from_features(model.head, feats.X[good]) if len(good) else np.zeros((0, model.num_classes))
+        return ModelOutput(probs, feats.ok, dict(feats.errors), feats.stats)
+    engines = list(engine) if isinstance(engine, (list, tuple)) else [engine] * len(members)
+    total = len(paths) * len(members)
+    all_feats = []
+    for i, (member, member_engine) in enumerate(zip(members, engines)):
+
+        def member_progress(done: int, _total: int, base: int = i * len(paths)) -> None:
+            progress(base + done, total)
+
+        all_feats.append(model_features(member, paths, engine=member_engine, batch_size=batch_size, cache=cache,
+                                        progress=member_progress if progress is not None else None, device=device,
+                                        decode_options=decode_options, view=view))
+    ok = np.logical_and.reduce([f.ok for f in all_feats])
+    errors: dict[str, str] = {}
+    for f in all_feats:
+        for p, e in f.errors.items():
+            errors.setdefault(p, e)
+    good = np.flatnonzero(ok)
+    probs = model.probabilities([f.X[good] for f in all_feats]) if len(good) else np.zeros((0, model.num_classes))
+    return ModelOutput(probs, ok, errors, merged_feature_stats([f.stats for f in all_feats], failed=int((~ok).sum())))
+
+
+def merged_feature_stats(stats: Sequence[dict], *, failed: int) -> dict:
+    """One record of several backbones' extractions: counts summed, engines named, each member's own kept."""
+    out = {k: sum(int(s.get(k, 0)) for s in stats) for k in ("computed", "cached")}
+    out.update(failed=failed, engine=" + ".join(str(s.get("engine")) for s in stats), members=[dict(s) for s in stats])
+    return out
+
+
 def predict_images(
     model, paths: Sequence[str | Path], *, top_k: int = 5, engine: str = "auto", batch_size: int = 32,
     cache: bool = True, progress: Callable[[int, int], None] | None = None, device: str | None = None,
 ) -> list[Prediction]:
-    """Top-k predictions of a :class:`~transferkit.classifier.bundle.ClassifierModel` for image files.
+    """Top-k predictions of a ``ClassifierModel`` (or a multi-backbone model) for image files.
 
     Unreadable files get an ``error`` and the rest go on.
     """
     paths = [Path(p) for p in paths]
-    feats = model_features(model, paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
+    out = model_probabilities(model, paths, engine=engine, batch_size=batch_size, cache=cache, progress=progress, device=device)
     results = [Prediction(str(p)) for p in paths]
-    good = np.flatnonzero(feats.ok)
+    good = np.flatnonzero(out.ok)
     if len(good):
-        probs = probabilities_from_features(model.head, feats.X[good])
-        k = max(1, min(top_k, probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        k = max(1, min(top_k, out.probs.shape[1]))
+        order = np.argsort(-out.probs, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(good):
-            results[i].top = [(model.class_names[j], float(probs[row, j])) for j in order[row]]
+            results[i].top = [(model.class_names[j], float(out.probs[row, j])) for j in order[row]]
     for i, p in enumerate(paths):
-        if not feats.ok[i]:
-            results[i].error = feats.errors.get(str(p), "cannot read file")
+        if not out.ok[i]:
+            results[i].error = out.errors.get(str(p), "cannot read file")
     return results
 
 CHUNK = 2048
@@ -183,4 +242,5 @@ def predict_to_file(model, paths: Sequence[str | Path], out: str | os.PathLike, 
     return {"total": len(paths), "skipped_done": len(paths) - len(todo), "written": writer.written, "failed": failed}
 
 
-__all__ = ["CSV_HEADER", "Prediction", "predict_images", "PredictionWriter", "csv_rows", "iter_predictions", "predict_to_file"]
+__all__ = ["CSV_HEADER", "ModelOutput", "Prediction", "PredictionWriter", "csv_rows", "iter_predictions", "merged_feature_stats",
+           "model_probabilities", "predict_images", "predict_to_file"]

@@ -189,6 +189,9 @@ class _BackboneScore:
     oof_rows: np.ndarray | None = None
     oof_correct: np.ndarray | None = None
     row: AutoCandidate | None = None
+    oof_proba: np.ndarray | None = None
+    combine: str = ""  # "concat" / "ensemble": a probe over several backbones (``members``)
+    members: list | None = None
 
 
 def _probe_cv(config: TrainConfig, X: np.ndarray, y: np.ndarray, rows: np.ndarray):
@@ -237,8 +240,10 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
         y = data.labels[score.oof_rows]
         proba = head.oof_proba_
         score.oof_correct = _correct(proba, np.searchsorted(head.classes_, y))
+        score.oof_proba = _full_proba(head, proba, data.num_classes)
         score.row = AutoCandidate(f"probe {name}", "backbone", n=len(y), accuracy=float(score.oof_correct.mean()),
                                   log_loss=head.cv_summary["log_loss"], seconds=round(time.perf_counter() - t, 2))
+    scores += _combined_scores(config, data, [s for s in scores if s.oof_correct is not None])
     chosen = scores[0]
     if len(scores) > 1 and chosen.oof_correct is not None:
         base = chosen
@@ -251,6 +256,22 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
         winner = decide([s.row for s in scores], base.oof_correct, correct)
         chosen = next(s for s in scores if s.row.name == winner)
     return chosen, [s.row for s in scores if s.row is not None]
+
+
+def _combined_scores(config: TrainConfig, data, scored: list[_BackboneScore]) -> list[_BackboneScore]:
+    """Stage 1's probes over several backbones together (``config.combine``): concatenated and averaged."""
+    from transferkit.pipeline.combined import MemberFeatures, concat_candidate, ensemble_candidate
+
+    if not config.combine or len(scored) < 2:
+        return []
+    members = [MemberFeatures(s.name, s.feats, s.spec, s.backbone) for s in scored]
+    out = []
+    cfg = dataclasses.replace(config, mode="probe")
+    for c in (concat_candidate(cfg, data, members, _probe_cv),
+              ensemble_candidate(members, [(s.oof_rows, s.oof_proba) for s in scored], data.labels)):
+        out.append(_BackboneScore(c.row.name.removeprefix("probe "), None, None, None, oof_rows=c.rows, oof_correct=c.correct, row=c.row, combine=c.combine,
+                                  members=members))
+    return out
 
 
 def _all_cached(config: TrainConfig, data, cache) -> bool:
@@ -348,6 +369,29 @@ RULE = (f"a candidate replaces the probe (or the configured backbone) only if, o
         f"images than it loses and McNemar's one-sided exact p < {AUTO_SWITCH_P:g}")
 
 
+def _finish_combined(config: TrainConfig, data, chosen: _BackboneScore, rows: list[AutoCandidate], budget: float,
+                     started: float, timings: dict[str, float]) -> TrainResult:
+    """Stage 1 kept a probe over several backbones: fit it on every training image, evaluate, save.
+
+    Fine-tuning is not tried then: it trains one backbone, and is compared with that backbone's probe.
+    """
+    from transferkit.pipeline.combined import train_combined
+
+    row = chosen.row
+    cmp = row.comparison or {}
+    why = (f"the {chosen.name} beat the probe of {config.backbone} on out-of-fold predictions over {row.n} training images "
+           f"({row.accuracy:.4f}: {cmp.get('b', 0)} won, {cmp.get('c', 0)} lost, McNemar p = {cmp.get('p_better', float('nan')):.3g}); "
+           "fine-tuning, which trains one backbone, was not tried")
+    log.info("--mode auto: %s", why)
+    choice = AutoChoice("probe", why, candidates=rows, backbone=chosen.name, rule=RULE,
+                        time_budget=None if budget == float("inf") else budget)
+    result = train_combined(dataclasses.replace(config, mode="probe"), data=data, members=chosen.members, combine=chosen.combine,
+                            auto=choice)
+    result.timings.update({k: round(v, 4) for k, v in timings.items() if k not in result.timings})
+    result.timings["auto_total"] = round(time.perf_counter() - started, 2)
+    return result
+
+
 def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=None) -> TrainResult | None:
     """``--mode auto``: compare backbones and models as the module says; the probe wins unless a candidate wins clearly.
 
@@ -368,6 +412,8 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     cache = usable_cache(config.cache)
     timings: dict[str, float] = {}
     chosen, rows = _compare_backbones(config, data, cache, backbone, progress, timings, budget, started)
+    if chosen.combine:
+        return _finish_combined(config, data, chosen, rows, budget, started, timings)
     config_b = dataclasses.replace(config, backbone=chosen.name)
     if chosen.name != config.backbone:
         log.info("--mode auto: %s is clearly better than %s on out-of-fold predictions", chosen.name, config.backbone)

@@ -47,6 +47,9 @@ class TrainConfig:
             of the configured backbone always runs; what does not fit is skipped and reported.
         backbone_candidates: backbones ``mode="auto"`` compares probes of (``None``: EfficientNet-Lite0/1/2
             when ``backbone`` is one of them with its offline weights; ``()``: ``backbone`` alone).
+        combine: ``mode="auto"`` also compares probes over the compared backbones together (features
+            concatenated, and probabilities averaged; see :mod:`transferkit.classifier.multi`). ``False``
+            keeps a model of one backbone, which export, serve, attacks and feature maps need.
     """
 
     data: str = ""
@@ -73,6 +76,7 @@ class TrainConfig:
     tta: str = "none"
     time_budget: float | None = None
     backbone_candidates: tuple[str, ...] | None = None
+    combine: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record of the settings (what bundles and reports store)."""

@@ -48,7 +48,8 @@ def write_outputs(result: TrainResult, *, data_name: str, kind: str) -> TrainRes
         return result
     write_report = None
     if config.report and result.evaluation is not None:
-        report_writer = _report_writer(result, f"{data_name}: {config.backbone} {kind} ({result.split} split)")
+        what = getattr(result.model, "name", "") or config.backbone  # several backbones name themselves
+        report_writer = _report_writer(result, f"{data_name}: {what} {kind} ({result.split} split)")
 
         def write_report(folder: Path) -> Path:
             t = time.perf_counter()

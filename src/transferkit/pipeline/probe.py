@@ -239,7 +239,7 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
     with timed(timings, "head"):
         # The fit takes over feats.X (not read again below): at 100k images no second copy of the features.
         head, summary, head_hit = fit_head(config, feats.X, data.labels, idx, data.num_classes, cache, consume_X=True)
-        model = _trained_model(spec, head, data.class_names, backbone)
+        model = trained_model(spec, head, data.class_names, backbone)
     from_cache = (("features",) if feats.stats.get("computed", 1) == 0 else ()) + (("head",) if head_hit else ())
     result = TrainResult(model=model, config=config, images={s: int(len(v)) for s, v in idx.items()}, head=summary,
                          unused=UnusedFiles.collect(data.report, feats.errors), features=feats.stats, timings=timings)
@@ -262,7 +262,8 @@ def train_probe(config: TrainConfig, *, imageset=None, backbone=None,
     return result
 
 
-def _trained_model(spec, head: HeadWeights, class_names, backbone) -> TrainedModel:
+def trained_model(spec, head: HeadWeights, class_names, backbone) -> TrainedModel:
+    """The probe as a :class:`TrainedModel` (its network built now only when the backbone already is)."""
     if backbone is None:
         return TrainedModel(spec, head, class_names)
     from transferkit.classifier.bundle import ClassifierModel
@@ -276,4 +277,4 @@ def _data_name(config: TrainConfig) -> str:
     return Path(config.data).name or "data"
 
 
-__all__ = ["build_backbone", "fit_head", "head_rows", "probe_features", "split_rows", "timed", "train_probe"]
+__all__ = ["build_backbone", "fit_head", "head_rows", "probe_features", "split_rows", "timed", "train_probe", "trained_model"]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferkit.classifier.multi import TrainedMultiModel
 from transferkit.classifier.trained import TrainedModel
 from transferkit.data.unused import UnusedFiles
 from transferkit.finetune.config import FinetuneConfig
@@ -14,13 +15,18 @@ from transferkit.pipeline.config import TrainConfig
 
 @dataclass
 class HeadSummary:
-    """The probe's head: its kind and, for the logistic head, the L2 strength it used."""
+    """The probe's head: its kind and, for the logistic head, the L2 strength it used (one per backbone
+    when a probe per backbone is averaged)."""
 
     kind: str
     C: float | None = None
+    C_per_backbone: tuple[float | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, **({"C": self.C} if self.C is not None else {})}
+        d = {"type": self.kind, **({"C": self.C} if self.C is not None else {})}
+        if self.C_per_backbone:
+            d["C_per_backbone"] = list(self.C_per_backbone)
+        return d
 
 
 @dataclass
@@ -170,7 +176,7 @@ class TrainResult:
         split_note: a caveat about the held-out number.
     """
 
-    model: TrainedModel
+    model: TrainedModel | TrainedMultiModel
     config: TrainConfig
     evaluation: Any = None
     split: str = ""
