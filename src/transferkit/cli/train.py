@@ -63,7 +63,8 @@ def train(
                                  help="timm name; see `transferkit backbones` (default efficientnet_lite0; --mode auto then also compares Lite1/Lite2)"),
     mode: str = typer.Option("probe", "--mode", help=(
         "probe (frozen features + head), finetune (LP-FT: probe-initialised head; on a CPU the top blocks on cached trunk "
-        "activations, two learning rates compared on validation) or auto: compares the probe on EfficientNet-Lite0/1/2, then "
+        "activations, two learning rates compared on validation) or auto: compares the probe on EfficientNet-Lite0/1/2 (each, and "
+        "together), then "
         "the probe, the fine-tune and their weight average on validation images, and keeps the probe unless a candidate is "
         "clearly better (McNemar p < 0.05); within --time-budget")),
     time_budget: str = typer.Option(None, "--time-budget", help="--mode auto: how long to spend comparing, e.g. 5m, 90s, 1h or none "

@@ -5,8 +5,11 @@ The decision, in two stages, all inside a time budget (:data:`AUTO_TIME_BUDGET` 
 1. **Backbone.** The probe (logistic head, L2 strength by 5-fold cross-validation) on the features of
    each offline backbone (:data:`AUTO_BACKBONES`: EfficientNet-Lite0/1/2), scored by its
    out-of-fold predictions over every training image: each image is predicted by a fit that did not
-   see it, so all of them, not a small validation split, take part. Another backbone replaces the
-   configured one only if it is *clearly* better in a paired test on those images.
+   see it, so all of them, not a small validation split, take part. With ``config.combine``, two
+   more candidates on the same features (:mod:`transferkit.pipeline.combined`): one probe over them
+   all concatenated, and the backbones' probes averaged. Another candidate replaces the configured
+   backbone's probe only if it is *clearly* better in a paired test on those images; a combined one
+   that wins is fitted and saved as a multi-backbone bundle, and stage 2 is not run.
 2. **Model.** When :func:`choose_mode` allows fine-tuning and its estimated cost fits in what is left
    of the budget: the cached-trunk LP-FT fine-tune (:func:`auto_finetune_config`, the learning rates
    of :data:`AUTO_CPU_LRS`), and the probe and fine-tuned network averaged in weight space

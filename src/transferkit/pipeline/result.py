@@ -91,7 +91,8 @@ class AutoCandidate:
     """One model ``mode="auto"`` compared, scored on the same images as the baseline it must beat.
 
     Attributes:
-        name: ``"probe"``, ``"probe <backbone>"``, ``"fine-tuned"``, ``"probe + fine-tuned (weights averaged)"``.
+        name: ``"probe"``, ``"probe <backbone>"``, ``"probe <a> + <b> (features concatenated)"``, ``"probe <a> + <b>
+            (probabilities averaged)"``, ``"fine-tuned"``, ``"probe + fine-tuned (weights averaged)"``.
         stage: ``"backbone"`` (probes of several backbones, out-of-fold predictions over the training
             images) or ``"model"`` (probe vs fine-tunes, on the validation images).
         accuracy, log_loss: on the images compared (``n`` of them).
@@ -125,7 +126,7 @@ class AutoChoice:
         tried: the fine-tuning settings (learning rates) it ran.
         tried_seconds: seconds spent on fine-tunes that were then set aside.
         candidates: every model it compared, with scores, costs and the paired tests.
-        backbone: the backbone of the model kept.
+        backbone: the backbone of the model kept (several, described, for a combined probe).
         rule: the decision rule, stated.
         time_budget: seconds it was allowed (``None``: no limit).
     """
