@@ -277,3 +277,47 @@ def test_no_combine_keeps_one_backbone(tmp_path):
     result = train(TrainConfig(data=str(root), backbone=BACKBONES[0], backbone_candidates=BACKBONES, weights="none", image_size=32,
                                mode="auto", val=0.2, test=0.2, batch_size=8, cache=False, out=None, device="cpu", combine=False))
     assert [c["name"] for c in result.metrics["auto"]["candidates"]] == [f"probe {b}" for b in BACKBONES]
+
+
+def test_auto_can_keep_the_probe_and_the_fine_tune_side_by_side(tmp_path, monkeypatch):
+    """Stage 2's probability average: scored on validation; kept, a bundle of both networks that predicts their mean."""
+    import transferkit.pipeline.auto as auto_mod
+    from transferkit.classifier.multi import MultiBackboneModel, load_classifier
+    from transferkit.pipeline.train import TrainConfig, finetune_recipe, train
+
+    real_ft, real_decide = auto_mod.train_finetune, auto_mod.decide
+    seen = {}
+
+    def tuned_beyond_epoch_0(*args, **kwargs):  # the comparison only exists when a fine-tuned epoch was kept
+        result = real_ft(*args, **kwargs)
+        result.finetune.best_epoch = max(1, result.finetune.best_epoch or 0)
+        return result
+
+    def ensemble_wins(rows, baseline, correct):
+        real_decide(rows, baseline, correct)
+        if rows[0].name != "probe":
+            return real_decide(rows, baseline, correct)
+        seen["rows"] = {r.name: r for r in rows}
+        for r in rows:
+            r.chosen = r.name == "probe + fine-tuned (probabilities averaged)"
+            if r.chosen:
+                r.comparison = {"b": 3, "c": 0, "p_better": 0.125}
+        return "probe + fine-tuned (probabilities averaged)"
+
+    monkeypatch.setattr(auto_mod, "train_finetune", tuned_beyond_epoch_0)
+    monkeypatch.setattr(auto_mod, "decide", ensemble_wins)
+    root = _two_colour_folder(tmp_path / "data", per_class=40)
+    result = train(TrainConfig(data=str(root), backbone=BACKBONES[0], backbone_candidates=(BACKBONES[0],), weights="none", image_size=32,
+                               mode="auto", val=0.2, test=0.2, batch_size=8, cache=False, out=str(tmp_path / "m"), report=False, device="cpu",
+                               finetune=finetune_recipe("auto", "cpu", unfreeze=1, cached_views=1, epochs=1), lr_candidates=(1e-3,)))
+    row = seen["rows"]["probe + fine-tuned (probabilities averaged)"]
+    assert row.n == seen["rows"]["probe"].n and not row.note and 0.0 <= row.accuracy <= 1.0
+    assert result.metrics["auto"]["mode"] == "finetune" and result.evaluation is not None and result.split == "test"
+    model = load_classifier(tmp_path / "m")
+    assert isinstance(model, MultiBackboneModel) and model.combine == "ensemble" and len(model.members) == 2
+    probe_net, tuned_net = model.members
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (probe_net(x).double().softmax(1) + tuned_net(x).double().softmax(1)) / 2
+        feats = [m.forward_features(x).numpy() for m in model.members]
+    assert np.allclose(model.probabilities(feats), expected.numpy(), atol=1e-5)

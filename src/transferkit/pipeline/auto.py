@@ -12,9 +12,10 @@ The decision, in two stages, all inside a time budget (:data:`AUTO_TIME_BUDGET` 
    that wins is fitted and saved as a multi-backbone bundle, and stage 2 is not run.
 2. **Model.** When :func:`choose_mode` allows fine-tuning and its estimated cost fits in what is left
    of the budget: the cached-trunk LP-FT fine-tune (:func:`auto_finetune_config`, the learning rates
-   of :data:`AUTO_CPU_LRS`), and the probe and fine-tuned network averaged in weight space
-   (:func:`transferkit.finetune.interpolate_weights`), each scored on the validation images against
-   the probe fitted without them. A fine-tune replaces the probe only if it is clearly better there.
+   of :data:`AUTO_CPU_LRS`), the probe and fine-tuned network averaged in weight space
+   (:func:`transferkit.finetune.interpolate_weights`), and the two side by side with their
+   probabilities averaged, each scored on the validation images against the probe fitted without them.
+   A fine-tune replaces the probe only if it is clearly better there.
 
 "Clearly better" is McNemar's exact test on the images both models were scored on: more images won
 than lost and a one-sided p-value below :data:`AUTO_SWITCH_P`. Validation also chose the fine-tune's
@@ -289,9 +290,11 @@ def _all_cached(config: TrainConfig, data, cache) -> bool:
 
 
 def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: TrainResult) -> tuple[str, list[AutoCandidate], object]:
-    """Stage 2 on rank 0: probe, fine-tuned and weight-averaged networks on the fine-tune's validation images.
+    """Stage 2 on rank 0: the probe, the fine-tuned network, the two averaged in weight space and the two side by
+    side with their probabilities averaged, all on the fine-tune's validation images.
 
-    Returns ``(name of the winner, rows, its network or None for the probe)``.
+    Returns ``(name of the winner, rows, its network (a ``TrainedMultiModel`` for the probabilities averaged) or None
+    for the probe)``.
     """
     import torch
 
@@ -325,13 +328,16 @@ def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: 
     nets["fine-tuned"] = tuned_net
     correct = {"fine-tuned": _correct(p_ft, y_val)}
     wise_name = f"probe + fine-tuned (weights averaged, alpha {AUTO_WISE_ALPHA:g})"
+    ensemble_name = "probe + fine-tuned (probabilities averaged)"
     if ft.best_epoch == 0:
         rows.append(AutoCandidate(wise_name, "model", note="skipped: the fine-tune kept epoch 0, the probe itself"))
+        rows.append(AutoCandidate(ensemble_name, "model", note="skipped: the fine-tune kept epoch 0, the probe itself"))
     else:
         t = time.perf_counter()
+        start = ClassifierModel(chosen.backbone if chosen.backbone is not None else build_backbone(cfg_b),
+                                head.expand_module(data.num_classes), data.class_names).eval()
+        _ensemble_candidate(ensemble_name, config, start, tuned_net, probe_p, p_ft, ok, y_val, rows, correct, nets)
         try:
-            start = ClassifierModel(chosen.backbone if chosen.backbone is not None else build_backbone(cfg_b),
-                                    head.expand_module(data.num_classes), data.class_names).eval()
             with torch.no_grad():
                 wise = interpolate_weights(start, tuned_net, AUTO_WISE_ALPHA)
         except ValueError as exc:
@@ -344,6 +350,28 @@ def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: 
                                       log_loss=_log_loss(p_w, y_val), seconds=round(time.perf_counter() - t, 2)))
     winner = decide(rows, probe_correct, correct)
     return winner, rows, nets.get(winner)
+
+
+def _ensemble_candidate(name: str, config: TrainConfig, probe_net, tuned_net, probe_p: np.ndarray, p_ft: np.ndarray, ok: np.ndarray,
+                        y_val: np.ndarray, rows: list[AutoCandidate], correct: dict, nets: dict) -> None:
+    """The probe and the fine-tuned network side by side, their probabilities averaged on the validation images.
+
+    Kept, it is saved as a model of two members (:class:`~transferkit.classifier.multi.TrainedMultiModel`): the
+    pretrained backbone with the probe, and the fine-tuned network; prediction runs both.
+    """
+    if config.tta == "flip-zoom":
+        rows.append(AutoCandidate(name, "model", note="skipped: --tta flip-zoom runs one network on zoomed views"))
+        return
+    from transferkit.classifier.multi import TrainedMultiModel
+    from transferkit.classifier.trained import TrainedModel
+
+    t = time.perf_counter()
+    p = np.where(ok[:, None], (probe_p + p_ft) / 2.0, p_ft)  # an image the probe could not read: the fine-tune's alone
+    correct[name] = _correct(p, y_val)
+    nets[name] = TrainedMultiModel([TrainedModel.from_network(probe_net), TrainedModel.from_network(tuned_net, include_backbone=True)],
+                                   "ensemble")
+    rows.append(AutoCandidate(name, "model", n=len(y_val), accuracy=float(correct[name].mean()), log_loss=_log_loss(p, y_val),
+                              seconds=round(time.perf_counter() - t, 2)))
 
 
 def decide(rows: list[AutoCandidate], baseline_correct: np.ndarray, correct: dict[str, np.ndarray]) -> str:
@@ -464,14 +492,19 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     if not is_main_process():
         barrier()
         return None
+    from transferkit.classifier.multi import TrainedMultiModel
     from transferkit.classifier.trained import TrainedModel
 
     best = next(r for r in model_rows if r.chosen)
     cmp = best.comparison
     why = (f"{reason}; {winner} beat the probe on {best.n} validation images ({best.accuracy:.4f} vs "
            f"{model_rows[0].accuracy:.4f}: {cmp['b']} won, {cmp['c']} lost, McNemar p = {cmp['p_better']:.3g})")
-    tuned.model = TrainedModel.from_network(net, include_backbone=True)
-    score_held_out(tuned, data, net)
+    if isinstance(net, TrainedMultiModel):  # the probe and the fine-tuned network, probabilities averaged
+        tuned.model = net
+        score_held_out(tuned, data, net.network())
+    else:
+        tuned.model = TrainedModel.from_network(net, include_backbone=True)
+        score_held_out(tuned, data, net)
     tuned.auto = AutoChoice("finetune", why, tried=[dataclasses.replace(c, chosen=c.chosen) for c in tuned.finetune.candidates],
                             candidates=rows + model_rows, backbone=chosen.name, rule=RULE,
                             time_budget=None if budget == float("inf") else budget)
