@@ -215,6 +215,32 @@ def test_multi_bundle_refuses_a_tampered_member_and_a_newer_format(multi_bundle,
     (copy / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="outside the bundle"):
         load_classifier(copy)
+    meta["members"][0]["dir"] = "member-1"
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="names a member folder twice"):
+        load_classifier(copy)
+    meta["members"][0]["dir"], meta["members"][0]["backbone"] = "member-0", "test_byobnet"
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="does not match"):
+        load_classifier(copy)
+    meta["members"][0]["backbone"], meta["format_version"] = "test_efficientnet", 1  # read as one backbone by an older release
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="format version 1 but describes several"):
+        load_classifier(copy)
+
+
+def test_a_part_of_a_concatenated_model_is_not_a_model_on_its_own(multi_bundle, capsys):
+    from transferkit.cli.main import main
+    from transferkit.core.errors import BundleError
+
+    member = multi_bundle["path"] / "member-1"
+    from transferkit.classifier.bundle import load_bundle
+
+    with pytest.raises(BundleError, match="one part of a model"):
+        load_bundle(member)
+    for argv in (["evaluate", str(member), str(multi_bundle["data"])], ["export", str(member), "--out", str(member.parent / "x.onnx")]):
+        assert main(argv) == 1 and "one part of a model" in capsys.readouterr().err
+    assert not (member.parent / "x.onnx").exists()
 
 
 def test_cli_predict_and_evaluate_take_a_multi_bundle_and_one_network_commands_refuse_it(multi_bundle, tmp_path, capsys):
@@ -231,7 +257,7 @@ def test_cli_predict_and_evaluate_take_a_multi_bundle_and_one_network_commands_r
     for argv in (["export", path, "--out", str(tmp_path / "m.onnx")], ["attack", str(next(Path(data).rglob("*.jpg"))), "--model", path, "--untargeted"]):
         assert main(argv) == 1
         err = capsys.readouterr().err
-        assert "combines 2 backbones" in err and "--no-combine" in err and "Traceback" not in err
+        assert "combines 2 members" in err and "--no-combine" in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
 

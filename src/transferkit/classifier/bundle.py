@@ -210,6 +210,9 @@ def read_bundle_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} has bundle format version {version!r}; this transferkit reads up to {MULTI_BUNDLE_FORMAT_VERSION}. Upgrade transferkit."
         )
     multi = is_multi_backbone(meta)
+    if multi != (version >= MULTI_BUNDLE_FORMAT_VERSION):
+        raise BundleError(f"{path / BUNDLE_JSON} has format version {version} but " +
+                          ("describes several backbones" if multi else "no kind of model it holds") + "; re-create the bundle")
     for key in ("class_names", "members", "combine", "files") if multi else ("class_names", "backbone", "head", "files"):
         if key not in meta:
             raise BundleError(f"{path / BUNDLE_JSON} lacks {key!r}; the bundle is incomplete, re-create it")
@@ -236,8 +239,8 @@ def is_multi_backbone(meta: dict[str, Any]) -> bool:
 def one_backbone_only(path: Path, meta: dict[str, Any]) -> BundleError:
     """The one-line refusal for a command that takes a model of one backbone and got several."""
     names = ", ".join(m["backbone"] for m in meta["members"])
-    return BundleError(f"{path} combines {len(meta['members'])} backbones ({names}); this takes a model of one backbone "
-                       "(export, serve, attack, explain, flip-zoom TTA): train one with `--no-combine`, or use "
+    return BundleError(f"{path} combines {len(meta['members'])} members ({names}); this takes a model of one network "
+                       "(export, serve, attack, dream, featuremaps, robustness, --tta flip-zoom): train one with `--no-combine`, or use "
                        "`transferkit predict`/`evaluate`, which take both")
 
 
@@ -343,7 +346,7 @@ def rebuild_backbone(spec: BackboneSpec, backbone_state: dict[str, torch.Tensor]
     return PixelModel(rebuilt.net, spec).eval()
 
 
-def load_bundle(path: str | os.PathLike) -> ClassifierModel:
+def load_bundle(path: str | os.PathLike, *, member: bool = False) -> ClassifierModel:
     """Load a bundle written by :func:`save_bundle`, in eval mode on the CPU.
 
     Never unpickles: metadata is JSON and weights are safetensors whose sha256 must match the
@@ -359,6 +362,10 @@ def load_bundle(path: str | os.PathLike) -> ClassifierModel:
     meta = read_bundle_meta(path)
     if is_multi_backbone(meta):
         raise one_backbone_only(path, meta)
+    part_of = (meta.get("extra") or {}).get("member_of") if isinstance(meta.get("extra"), dict) else None
+    if part_of == "concat" and not member:
+        raise BundleError(f"{path} is one part of a model whose backbones' features are concatenated: alone it predicts nothing "
+                          f"meaningful; use the whole model, {path.parent}")
     files = meta["files"]
     head_state = _load_checked(path, HEAD_FILE, files)
     backbone_state = _load_checked(path, BACKBONE_FILE, files) if meta.get("include_backbone") else None

@@ -212,7 +212,7 @@ class TrainedMultiModel:
             members, files = [], {}
             for i, m in enumerate(self.members):
                 folder = f"member-{i}"
-                m.save(tmp / folder, config=None)
+                m.save(tmp / folder, config=None, extra={"member_of": self.combine, "member": i})
                 files[f"{folder}/{BUNDLE_JSON}"] = sha256_file(tmp / folder / BUNDLE_JSON)
                 members.append({"dir": folder, "backbone": m.spec.name})
             return {"kind": MULTI_BACKBONE_KIND, "combine": self.combine, "members": members, "include_backbone": False,
@@ -233,14 +233,19 @@ class TrainedMultiModel:
         if not is_multi_backbone(meta):
             raise BundleError(f"{path} is a model of one backbone; load it with TrainedModel.load")
         members = []
-        for m in meta["members"]:
-            folder = m["dir"]
+        folders = [m["dir"] for m in meta["members"]]
+        if len(set(folders)) != len(folders):
+            raise BundleError(f"{path / BUNDLE_JSON} names a member folder twice; re-create the bundle")
+        for m, folder in zip(meta["members"], folders):
             if "/" in folder or "\\" in folder or folder in ("", ".", ".."):
                 raise BundleError(f"{path / BUNDLE_JSON} names a member folder {folder!r} outside the bundle; re-create the bundle")
             check_file_hash(path, f"{folder}/{BUNDLE_JSON}", meta["files"])
-            member = TrainedModel.load(path / folder)
-            if member.class_names != list(meta["class_names"]):
-                raise BundleError(f"{path / folder} has other class names than {path}; re-create the bundle")
+            if is_multi_backbone(read_bundle_meta(path / folder)):
+                raise BundleError(f"{path / folder} is itself a model of several members; re-create the bundle")
+            member = TrainedModel.load(path / folder, member=True)
+            if member.class_names != list(meta["class_names"]) or member.spec.name != m["backbone"]:
+                raise BundleError(f"{path / folder} does not match what {path / BUNDLE_JSON} says of it (backbone, class names); "
+                                  "re-create the bundle")
             members.append(member)
         return cls(members, str(meta["combine"]))
 

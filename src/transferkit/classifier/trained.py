@@ -93,11 +93,12 @@ class TrainedModel:
                    network=network)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainedModel:
-        """Read a bundle directory (sha256-checked, never unpickled); see ``load_bundle``."""
+    def load(cls, path: str | os.PathLike, *, member: bool = False) -> TrainedModel:
+        """Read a bundle directory (sha256-checked, never unpickled); see ``load_bundle`` (``member``: a part of a
+        model of several backbones, read by that model)."""
         from transferkit.classifier.bundle import load_bundle, read_bundle_meta
 
-        network = load_bundle(path)
+        network = load_bundle(path, member=member)
         include = bool(read_bundle_meta(path).get("include_backbone"))
         return cls.from_network(network, include_backbone=include)
 

@@ -75,12 +75,11 @@ def model_probabilities(model, paths: Sequence[Path], *, engine="auto", batch_si
         probs = probabilities_from_features(model.head, feats.X[good]) if len(good) else np.zeros((0, model.num_classes))
         return ModelOutput(probs, feats.ok, dict(feats.errors), feats.stats)
     engines = list(engine) if isinstance(engine, (list, tuple)) else [engine] * len(members)
-    total = len(paths) * len(members)
     all_feats = []
     for i, (member, member_engine) in enumerate(zip(members, engines)):
 
         def member_progress(done: int, _total: int, base: int = i * len(paths)) -> None:
-            progress(base + done, total)
+            progress((base + done) // len(members), len(paths))  # counted in images, as for one backbone
 
         all_feats.append(model_features(member, paths, engine=member_engine, batch_size=batch_size, cache=cache,
                                         progress=member_progress if progress is not None else None, device=device,

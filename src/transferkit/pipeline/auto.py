@@ -198,12 +198,18 @@ class _BackboneScore:
     members: list | None = None
 
 
-def _probe_cv(config: TrainConfig, X: np.ndarray, y: np.ndarray, rows: np.ndarray):
-    """The probe's logistic head fitted on ``rows`` with C by cross-validation, and its out-of-fold record."""
+def _probe_cv(config: TrainConfig, X: np.ndarray, y: np.ndarray, rows: np.ndarray | None):
+    """The probe's logistic head fitted on ``rows`` with C by cross-validation, and its out-of-fold record.
+
+    ``rows=None``: on every row of ``X``, which is then the caller's to lose (standardised in place, not copied).
+    """
     from transferkit.heads import create_head
     from transferkit.pipeline.probe import head_options
 
     head = create_head("logistic", **{k: v for k, v in head_options(config).items() if k != "C"})
+    if rows is None:
+        head.set_params(copy_X=False)
+        return head.fit(X, y)
     head.fit(X[rows], y[rows])
     return head
 
@@ -247,7 +253,7 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
         score.oof_proba = _full_proba(head, proba, data.num_classes)
         score.row = AutoCandidate(f"probe {name}", "backbone", n=len(y), accuracy=float(score.oof_correct.mean()),
                                   log_loss=head.cv_summary["log_loss"], seconds=round(time.perf_counter() - t, 2))
-    scores += _combined_scores(config, data, [s for s in scores if s.oof_correct is not None])
+    scores += _combined_scores(config, data, [s for s in scores if s.oof_correct is not None], budget, started)
     chosen = scores[0]
     if len(scores) > 1 and chosen.oof_correct is not None:
         base = chosen
@@ -262,12 +268,16 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
     return chosen, [s.row for s in scores if s.row is not None]
 
 
-def _combined_scores(config: TrainConfig, data, scored: list[_BackboneScore]) -> list[_BackboneScore]:
+def _combined_scores(config: TrainConfig, data, scored: list[_BackboneScore], budget: float, started: float) -> list[_BackboneScore]:
     """Stage 1's probes over several backbones together (``config.combine``): concatenated and averaged."""
     from transferkit.pipeline.combined import MemberFeatures, concat_candidate, ensemble_candidate
 
     if not config.combine or len(scored) < 2:
         return []
+    if time.perf_counter() - started > budget * BACKBONE_BUDGET_SHARE:
+        words = "features concatenated, probabilities averaged"
+        return [_BackboneScore("several backbones", None, None, None, row=AutoCandidate(
+            f"probe over several backbones ({words})", "backbone", note="skipped: the time budget's share for backbones is spent"))]
     members = [MemberFeatures(s.name, s.feats, s.spec, s.backbone) for s in scored]
     out = []
     cfg = dataclasses.replace(config, mode="probe")
@@ -410,7 +420,7 @@ def _finish_combined(config: TrainConfig, data, chosen: _BackboneScore, rows: li
 
     row = chosen.row
     cmp = row.comparison or {}
-    why = (f"the {chosen.name} beat the probe of {config.backbone} on out-of-fold predictions over {row.n} training images "
+    why = (f"a probe over {chosen.name} beat the probe of {config.backbone} on out-of-fold predictions over {row.n} training images "
            f"({row.accuracy:.4f}: {cmp.get('b', 0)} won, {cmp.get('c', 0)} lost, McNemar p = {cmp.get('p_better', float('nan')):.3g}); "
            "fine-tuning, which trains one backbone, was not tried")
     log.info("--mode auto: %s", why)

@@ -29,9 +29,10 @@ from transferkit.pipeline.result import AutoCandidate, HeadSummary, TrainResult
 
 log = logging.getLogger(__name__)
 
-# The features of several backbones side by side are one more copy of them all: above this size
-# (about 50,000 images of the three EfficientNet-Lites) the concatenated probe is not tried.
-CONCAT_MAX_BYTES = 768 * 2**20
+# The features of several backbones side by side are one more copy of them all (and the cross-validated
+# fit copies its folds): above this size (about 34,000 images of the three EfficientNet-Lites) the
+# concatenated probe is not tried.
+CONCAT_MAX_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass
@@ -66,13 +67,14 @@ def concat_candidate(config: TrainConfig, data, members: list[MemberFeatures], p
     from transferkit.pipeline.probe import head_rows
 
     rows = head_rows(split_rows(data, ok))
-    size = len(rows) * sum(m.feats.X.shape[1] for m in members) * 4
+    size = int(ok.sum()) * sum(m.feats.X.shape[1] for m in members) * 4  # what the kept model's fit stacks
     if size > CONCAT_MAX_BYTES:
         return CombinedScore("concat", AutoCandidate(name, "backbone", note=f"skipped: the features side by side would take "
                                                                              f"{size / 2**20:.0f} MB (more than {CONCAT_MAX_BYTES // 2**20} MB)"))
     t = time.perf_counter()
     X = np.hstack([m.feats.X[rows] for m in members])
-    head = probe_cv(config, X, data.labels[rows], np.arange(len(rows)))
+    head = probe_cv(config, X, data.labels[rows], None)  # fitted on X itself, no second copy
+    del X
     oof_rows = rows[head.oof_index_]
     y = np.searchsorted(head.classes_, data.labels[oof_rows])
     correct = np.argmax(head.oof_proba_, axis=1) == y
