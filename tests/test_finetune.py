@@ -410,7 +410,7 @@ def test_auto_candidates_share_one_trunk_cache_and_validation_picks(tiny_image_f
     # val=0: the training images lose 15 % to a held-out part that chooses between the candidates.
     cfg = TrainConfig(data=str(tiny_image_folder), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune",
                       val=0.0, test=0.2, batch_size=4, cache=False, out=None)
-    result = train_finetune(cfg, backbone=tiny_backbone, base=base, lrs=(1e-3, 60.0))
+    result = train_finetune(cfg, backbone=tiny_backbone, base=base, lrs=(1e-3, 60.0), small_data_rule=False)  # the choice itself
     table = result.metrics["finetune"]["candidates"]
     assert [row["lr"] for row in table] == [1e-3, 60.0] and sum(bool(row.get("chosen")) for row in table) == 1
     chosen = next(row for row in table if row.get("chosen"))
@@ -604,3 +604,62 @@ def test_flip_tta_on_the_engine_matches_the_whole_network_views(tiny_image_folde
     assert mirror_effect > 0.01  # the mirror views really count
     assert np.abs(ev.probs - eager).max() < mirror_effect / 50
     assert model_cache_key(tiny_backbone, view="mirror") != model_cache_key(tiny_backbone)
+
+
+def _forced_past_epoch_0(monkeypatch, kept: dict):
+    """Make validation's choice a fine-tuned epoch, whatever it scored (what the small-data rule must then judge)."""
+    import transferkit.pipeline.finetune as pf
+
+    real = pf.finetune_candidates
+
+    def forced(*args, **kwargs):
+        fit, cfg, table = real(*args, **kwargs)
+        fit.best_epoch = max(1, fit.best_epoch or 0)
+        kept["net"] = fit.model
+        return fit, cfg, table
+
+    monkeypatch.setattr(pf, "finetune_candidates", forced)
+
+
+def _finetune_cfg(root, tmp_path):
+    from transferkit.pipeline.train import TrainConfig, finetune_recipe
+
+    return TrainConfig(data=str(root), backbone="test_efficientnet", weights="none", image_size=32, mode="finetune", val=0.2, test=0.2,
+                       batch_size=8, cache=False, out=str(tmp_path / "m"), report=False, device="cpu",
+                       finetune=finetune_recipe("finetune", "cpu", strategy="cached", unfreeze=1, cached_views=1, epochs=1, lr=5e-3))
+
+
+def test_small_data_keeps_the_probe_unless_the_fine_tune_wins_clearly(tmp_path, monkeypatch):
+    from transferkit.classifier.bundle import load_bundle
+    from transferkit.pipeline.probe import build_backbone
+    from transferkit.pipeline.train import train
+
+    kept = {}
+    _forced_past_epoch_0(monkeypatch, kept)
+    root = _two_colour_folder(tmp_path / "data", per_class=12)  # 7 training images a class: small data
+    config = _finetune_cfg(root, tmp_path)
+    result = train(config)
+    ft = result.finetune
+    assert ft.best_epoch == 0 and "small data" in ft.note and "not clearly better, so the probe was kept" in ft.note
+    saved = load_bundle(tmp_path / "m")
+    fresh = build_backbone(config)  # the pretrained (here: seeded) backbone, not the fine-tuned one
+    tuned = dict(kept["net"].backbone.named_parameters())
+    same_as_fresh = all(torch.equal(p, dict(fresh.named_parameters())[n]) for n, p in saved.backbone.named_parameters())
+    differs_from_tuned = any(not torch.equal(p, tuned[n]) for n, p in saved.backbone.named_parameters())
+    assert same_as_fresh and differs_from_tuned
+    assert result.evaluation is not None and result.split == "test"
+
+
+def test_small_data_keeps_a_fine_tune_that_wins_clearly_and_larger_data_trusts_validation(tmp_path, monkeypatch):
+    import transferkit.evaluate.compare as compare
+    from transferkit.pipeline.train import train
+
+    kept = {}
+    _forced_past_epoch_0(monkeypatch, kept)
+    real = compare.mcnemar
+    monkeypatch.setattr(compare, "mcnemar", lambda a, b: real(np.ones(12, bool), np.zeros(12, bool)))  # 12 won, 0 lost
+    small = train(_finetune_cfg(_two_colour_folder(tmp_path / "small", per_class=12), tmp_path / "a"))
+    assert small.finetune.best_epoch == 1 and "clearly better, so it was kept" in small.finetune.note
+    monkeypatch.setattr(compare, "mcnemar", real)
+    large = train(_finetune_cfg(_two_colour_folder(tmp_path / "large", per_class=40), tmp_path / "b"))  # 24 a class: not small
+    assert large.finetune.best_epoch == 1 and "small data" not in (large.finetune.note or "")

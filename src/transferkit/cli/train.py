@@ -175,7 +175,8 @@ def _result_rows(result) -> list[tuple[str, str]]:
         cfg = ft.config
         rows.append(("fine-tuning", f"strategy {cfg.strategy}, unfreeze {cfg.unfreeze}, lr {cfg.lr:g}, {cfg.epochs} epochs"))
         if ft.best_epoch is not None:
-            rows.append(("kept epoch", "0 (the probe LP-FT started from: no epoch beat it on validation)" if ft.best_epoch == 0
+            rows.append(("kept epoch", ("0 (the probe LP-FT started from; see the note)" if ft.note else
+                                        "0 (the probe LP-FT started from: no epoch beat it on validation)") if ft.best_epoch == 0
                          else str(ft.best_epoch)))
         if ft.note:
             rows.append(("note", ft.note))

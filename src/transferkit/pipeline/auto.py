@@ -485,7 +485,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
     if mode == "probe":
         return finish_probe(reason, [])
     tuned = train_finetune(config_b, imageset=imageset, backbone=chosen.backbone if chosen.backbone is not None else backbone,
-                           base=base, lrs=lrs, write=False, evaluate=False, refit_kept_probe=False)
+                           base=base, lrs=lrs, write=False, evaluate=False, refit_kept_probe=False, small_data_rule=False)
     tried = [dataclasses.replace(c, chosen=False) for c in tuned.finetune.candidates] or [_as_candidate(tuned)]
     winner, model_rows, net = "probe", [], None
     if is_main_process():

@@ -1,7 +1,8 @@
 """``mode="finetune"``: the training images through :func:`transferkit.finetune.finetune`, evaluated and saved.
 
 Several candidate settings (``TrainConfig.lr_candidates``) are compared on validation data; when
-there is no validation split, 15 % of the training images are held out for that choice.
+there is no validation split, 15 % of the training images are held out for that choice. On small data
+a fine-tuned epoch must also beat the probe clearly there (:func:`_probe_unless_clearly_beaten`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from transferkit.pipeline.result import Candidate, FinetuneSummary, TrainResult
 log = logging.getLogger(__name__)
 
 CARVED_VAL_FRACTION = 0.15
+# Below this many training images in some class (the threshold under which --mode auto does not fine-tune
+# at all), validation is a handful of images and the best of several epochs and rates on it is partly
+# luck: a fine-tuned epoch is kept only if it beats the probe clearly there (see _probe_unless_clearly_beaten).
+SMALL_DATA_PER_CLASS = 20
 
 
 def finetune_config_for(config: TrainConfig, base: FinetuneConfig | None = None) -> FinetuneConfig:
@@ -175,9 +180,51 @@ def _refit_kept_probe(config: TrainConfig, data, network, summary: FinetuneSumma
     log.info("fine-tuning %s", summary.note)
 
 
+def _probe_unless_clearly_beaten(config: TrainConfig, data, train, val, fit, summary: FinetuneSummary, backbone) -> bool:
+    """On small data (:data:`SMALL_DATA_PER_CLASS`), keep the fine-tuned epoch validation chose only if it beats
+    the probe clearly on the validation images (McNemar, the rule ``--mode auto`` decides by); else put the probe
+    (pretrained backbone, logistic head on the training part) in ``fit.model``. Returns whether it did."""
+    import numpy as np
+
+    from transferkit.classifier.bundle import ClassifierModel
+    from transferkit.evaluate.compare import mcnemar
+    from transferkit.evaluate.tta import predict_proba
+    from transferkit.features.cache import usable_cache
+    from transferkit.heads import create_head
+    from transferkit.pipeline.auto import AUTO_SWITCH_P
+    from transferkit.pipeline.probe import head_options, probe_features
+
+    smallest = int(np.bincount(np.asarray(train.labels), minlength=data.num_classes).min())
+    if smallest >= SMALL_DATA_PER_CLASS or not fit.best_epoch or val is None or not len(val):
+        return False
+    probe_config = dataclasses.replace(config, head="logistic", mode="probe")
+    feats, _, built = probe_features(probe_config, data, usable_cache(config.cache), None, None, {})
+    row_of = {str(p): i for i, p in enumerate(data.paths)}
+    tr = np.array([row_of[str(p)] for p in train.paths], dtype=np.int64)
+    tr = tr[feats.ok[tr]]
+    va = np.array([row_of[str(p)] for p in val.paths], dtype=np.int64)
+    head = create_head("logistic", **{k: v for k, v in head_options(probe_config).items() if k != "C"}).fit(feats.X[tr], data.labels[tr])
+    y_val = np.asarray(val.labels)
+    probe_pred = np.asarray(head.classes_)[np.argmax(head.predict_proba(feats.X[va]), axis=1)]
+    probe_correct = (probe_pred == y_val) & feats.ok[va]
+    tuned_correct = np.argmax(predict_proba(fit.model, val), axis=1) == y_val
+    cmp = mcnemar(tuned_correct, probe_correct)
+    said = (f"on {len(val)} validation images the fine-tune (epoch {fit.best_epoch}) won {cmp.b} and lost {cmp.c} against the "
+            f"probe (McNemar p = {cmp.p_better:.3g})")
+    if cmp.clearly_better(AUTO_SWITCH_P):
+        summary.note = f"small data (smallest class: {smallest} training images): {said}, clearly better, so it was kept"
+        return False
+    network = ClassifierModel(built if built is not None else backbone, head.expand_module(data.num_classes), data.class_names).eval()
+    fit.model, fit.best_epoch = network, 0
+    summary.best_epoch = 0
+    summary.note = (f"small data (smallest class: {smallest} training images): {said}, not clearly better, so the probe was kept")
+    log.info("fine-tuning: %s", summary.note)
+    return True
+
+
 def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progress=None, base: FinetuneConfig | None = None,
                    lrs: tuple[float, ...] | None = None, write: bool = True, evaluate: bool = True,
-                   refit_kept_probe: bool = True) -> TrainResult | None:
+                   refit_kept_probe: bool = True, small_data_rule: bool = True) -> TrainResult | None:
     """Fine-tune as ``config`` says; evaluate on the held-out split; save the bundle (backbone included) and report.
 
     Args:
@@ -187,13 +234,15 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
         evaluate: score the held-out split (``--mode auto`` scores only the model it keeps).
         refit_kept_probe: when validation keeps epoch 0, refit the probe's head on every training image
             (:func:`_refit_kept_probe`); ``--mode auto`` compares the unrefitted one on validation.
+        small_data_rule: on small data keep a fine-tuned epoch only when it beats the probe clearly on
+            validation (:func:`_probe_unless_clearly_beaten`); ``--mode auto`` makes that comparison itself.
 
     Under torchrun every rank trains (DDP); rank 0 alone evaluates and saves, and the other ranks
     return ``None`` (with ``write=False``: the result without an evaluation).
     """
     from transferkit.classifier.trained import TrainedModel
     from transferkit.data.unused import UnusedFiles
-    from transferkit.features.distributed import barrier, is_main_process
+    from transferkit.features.distributed import barrier, is_main_process, world
     from transferkit.pipeline.data import load_split
     from transferkit.pipeline.outputs import write_outputs
     from transferkit.pipeline.probe import _data_name, build_backbone, timed
@@ -223,8 +272,13 @@ def train_finetune(config: TrainConfig, *, imageset=None, backbone=None, progres
             barrier()
             return None
         return result
+    reverted = small_data_rule and not world().enabled and _probe_unless_clearly_beaten(config, data, train, val, fit, summary, backbone)
+    if reverted:
+        result.model = TrainedModel.from_network(fit.model, include_backbone=True)
     if refit_kept_probe and fit.best_epoch == 0 and val is not None and len(val):
+        said = summary.note if reverted else ""
         _refit_kept_probe(config, data, fit.model, summary, timings, progress)
+        summary.note = f"{said}; {summary.note}" if said else summary.note
         result.model = TrainedModel.from_network(fit.model, include_backbone=True)
     if evaluate:
         score_held_out(result, data, fit.model)
