@@ -221,6 +221,8 @@ def run_set(name: str, work: Path, modes: tuple[str, ...] = MODES, peer: bool = 
 
 def render_markdown(results: dict) -> str:
     """The results table: test accuracy per set and setting, and each setting against the probe."""
+    from scipy.stats import binomtest
+
     m = results.get("machine", {})
     lines = [f"Machine: {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores; {', '.join(m.get('cpu_flags', [])) or 'no AVX-512/AMX'}), "
              f"torch {m.get('torch', '?')}. Test accuracy (correct / test images); against the probe: images won / lost and "
@@ -232,25 +234,31 @@ def render_markdown(results: dict) -> str:
         text = f"{100 * row['test_acc']:.2f} % ({row['test_correct']})"
         if versus and "vs_probe" in row:
             v = row["vs_probe"]
-            text += f"; +{v['wins']} / -{v['losses']}, p = {v['mcnemar_p_two_sided']:.3g}"
+            n = v["wins"] + v["losses"]
+            p = binomtest(v["wins"], n, 0.5).pvalue if n else 1.0  # exact, not the stored 5-decimal rounding
+            text += f"; +{v['wins']} / -{v['losses']}, p = {p:.2g}"
         return text
+
+    def chose(row: dict) -> str:
+        auto = row.get("auto") or {}
+        return f"{auto.get('mode', '?')}, {auto.get('backbone', '?')}"
 
     for name, entry in results.get("sets", {}).items():
         rows = entry["rows"]
-        auto = rows["auto"].get("auto") or {}
-        choice = f"{auto.get('mode', '?')}, {auto.get('backbone', '?')}"
         lines.append(f"| {name} | {rows['probe']['test_images']} | {cell(rows['probe'], False)} | {cell(rows['finetune'])} | {cell(rows['auto'])} "
-                     f"| {choice} | {cell(rows['gridsearchcv'])} (C = {rows['gridsearchcv']['C']:g}) |")
+                     f"| {chose(rows['auto'])} | {cell(rows['gridsearchcv'])} (C = {rows['gridsearchcv']['C']:g}) |")
     lines += ["", "| set | probe s | finetune s | auto s (wall; CPU) |", "|---|---:|---:|---:|"]
     for name, entry in results.get("sets", {}).items():
         rows = entry["rows"]
         lines.append(f"| {name} | {rows['probe']['wall_s']} | {rows['finetune']['wall_s']} | {rows['auto']['wall_s']}; {rows['auto']['cpu_s']} |")
     for tag, rerun in results.get("reruns", {}).items():
-        lines += ["", f"Rerun `{tag}`: {rerun.get('why', '')}", "", "| set | probe (again) | " + " | ".join(rerun["modes"]) + " |",
-                  "|---|---|" + "---|" * len(rerun["modes"])]
+        extra = ["auto chose"] if "auto" in rerun["modes"] else []
+        lines += ["", f"Rerun `{tag}`: {rerun.get('why', '')}", "", "| set | probe (again) | " + " | ".join(rerun["modes"] + extra) + " |",
+                  "|---|---|" + "---|" * (len(rerun["modes"]) + len(extra))]
         for name, entry in rerun["sets"].items():
             rows = entry["rows"]
-            lines.append(f"| {name} | {cell(rows['probe'], False)} | " + " | ".join(cell(rows[m]) for m in rerun["modes"]) + " |")
+            cells = [cell(rows[m]) for m in rerun["modes"]] + ([chose(rows["auto"])] if extra else [])
+            lines.append(f"| {name} | {cell(rows['probe'], False)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
