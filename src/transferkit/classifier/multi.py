@@ -97,21 +97,17 @@ def split_concat_head(head: HeadWeights, dims: Sequence[int]) -> list[HeadWeight
     return out
 
 
-class MultiBackboneModel:
-    """Several one-backbone classifiers (:class:`~transferkit.classifier.bundle.ClassifierModel`) whose outputs are combined.
+class _Members:
+    """What both forms of a model of several members share: the members, how they combine, the class names."""
 
-    Not an ``nn.Module``: each member takes pixels at its own input size, so there is no single
-    tensor to pass through all of them. Prediction extracts each member's features
-    (:func:`transferkit.evaluate.predict.model_probabilities`) and calls :meth:`probabilities`.
-    """
-
-    def __init__(self, members: Sequence, combine: str, class_names: Sequence[str]) -> None:
+    def __init__(self, members: Sequence, combine: str) -> None:
         _check_combine(combine)
         if len(members) < 2:
             raise BundleError("a model of several backbones needs at least two members")
-        if any(list(m.class_names) != list(class_names) for m in members):
+        names = list(members[0].class_names)
+        if any(list(m.class_names) != names for m in members):
             raise BundleError("the members of a multi-backbone model must share their class names, in the same order")
-        self.members, self.combine, self.class_names = list(members), combine, list(class_names)
+        self.members, self.combine, self.class_names = list(members), combine, names
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +120,15 @@ class MultiBackboneModel:
     @property
     def name(self) -> str:
         return describe(self.combine, [s.name for s in self.specs])
+
+
+class MultiBackboneModel(_Members):
+    """Several one-backbone classifiers (:class:`~transferkit.classifier.bundle.ClassifierModel`) whose outputs are combined.
+
+    Not an ``nn.Module``: each member takes pixels at its own input size, so there is no single
+    tensor to pass through all of them. Prediction extracts each member's features
+    (:func:`transferkit.evaluate.predict.model_probabilities`) and calls :meth:`probabilities`.
+    """
 
     def eval(self) -> MultiBackboneModel:
         for m in self.members:
@@ -158,7 +163,7 @@ def describe(combine: str, names: Sequence[str]) -> str:
     return f"{' + '.join(names)} ({COMBINE_WORDS.get(combine, combine)})"
 
 
-class TrainedMultiModel:
+class TrainedMultiModel(_Members):
     """A trained model of several backbones as data: one :class:`TrainedModel` per member and how they combine.
 
     The counterpart of :class:`TrainedModel` (same ``class_names``, ``network()``, ``save()``,
@@ -166,26 +171,8 @@ class TrainedMultiModel:
     """
 
     def __init__(self, members: Sequence[TrainedModel], combine: str) -> None:
-        _check_combine(combine)
-        if len(members) < 2:
-            raise BundleError("a model of several backbones needs at least two members")
-        names = list(members[0].class_names)
-        if any(list(m.class_names) != names for m in members):
-            raise BundleError("the members of a multi-backbone model must share their class names, in the same order")
-        self.members, self.combine, self.class_names = list(members), combine, names
+        super().__init__(members, combine)
         self._network: MultiBackboneModel | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def specs(self) -> list:
-        return [m.spec for m in self.members]
-
-    @property
-    def name(self) -> str:
-        return describe(self.combine, [s.name for s in self.specs])
 
     @property
     def is_built(self) -> bool:
@@ -201,7 +188,7 @@ class TrainedMultiModel:
     def network(self) -> MultiBackboneModel:
         """The :class:`MultiBackboneModel` (each member's ``ClassifierModel`` built once)."""
         if self._network is None:
-            self._network = MultiBackboneModel([m.network() for m in self.members], self.combine, self.class_names)
+            self._network = MultiBackboneModel([m.network() for m in self.members], self.combine)
         return self._network
 
     def save(self, path: str | os.PathLike, *, metrics: dict[str, Any] | None = None, config: Any = None,
