@@ -187,8 +187,11 @@ def _result_rows(result) -> list[tuple[str, str]]:
     if result.split_note:
         rows.append(("note", result.split_note))
     if ft is None and result.head is not None:
-        rows.append(("head", result.head.kind + (f" (C={result.head.C:.4g}, chosen by cross-validation)" if result.head.C is not None
-                                                 and result.config.C is None else f" (C={result.head.C:.4g})" if result.head.C is not None else "")))
+        h = result.head
+        how = ", chosen by cross-validation" if result.config.C is None else ""
+        per = ", ".join(f"{c:.4g}" for c in h.C_per_backbone if c is not None)
+        rows.append(("head", h.kind + (f" (C={h.C:.4g}{how})" if h.C is not None else
+                                       f", one per backbone (C={per}{how})" if per else "")))
         f = result.features
         rows.append(("features", f"{f.get('computed', 0)} computed ({f.get('engine')}), {f.get('cached', 0)} from cache, "
                                  f"{f.get('failed', 0)} unreadable"))
