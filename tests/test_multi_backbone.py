@@ -254,12 +254,43 @@ def test_cli_predict_and_evaluate_take_a_multi_bundle_and_one_network_commands_r
     assert json.loads(capsys.readouterr().out)["metrics"]["n"] == 24
     assert main(["evaluate", path, data, "--out", str(tmp_path / "ev2"), "--tta", "flip-zoom"]) == 1
     assert "--tta none or flip" in capsys.readouterr().err
-    for argv in (["export", path, "--out", str(tmp_path / "m.onnx")], ["attack", str(next(Path(data).rglob("*.jpg"))), "--model", path, "--untargeted"]):
+    for argv in (["export", path, "--out", str(tmp_path / "m.onnx"), "--int8", "--calibration", data],
+                 ["attack", str(next(Path(data).rglob("*.jpg"))), "--model", path, "--untargeted"]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert "combines 2 members" in err and "--no-combine" in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_multi_bundle_exports_to_one_graph_that_the_runtime_and_server_run(multi_bundle, tmp_path):
+    """fp32 export: one input per member, each preprocessed its own way; the torch-free runtime and the server
+    give the bundle's own predictions."""
+    from fastapi.testclient import TestClient
+
+    from transferkit.classifier.export import export_model
+    from transferkit.classifier.multi import load_classifier
+    from transferkit.evaluate.predict import predict_images
+    from transferkit.runtime import Runtime
+    from transferkit.serve import Limits, create_app
+
+    result = export_model(multi_bundle["path"], tmp_path / "m.onnx")
+    meta = result.metadata
+    assert meta["format_version"] == 2 and meta["combine"] == "concat" and [m["name"] for m in meta["members"]] == list(BACKBONES)
+    assert [i["name"] for i in meta["inputs"]] == ["pixels_0", "pixels_1"] and meta["check"]["max_abs_diff"] < 1e-4
+    runtime = Runtime(result.path)
+    files = sorted(multi_bundle["data"].rglob("*.jpg"))[:8]
+    expected = predict_images(load_classifier(multi_bundle["path"]), files, top_k=2, engine="torch", cache=False)
+    got = runtime.predict(files, top_k=2)
+    for e, g in zip(expected, got):
+        assert g.top[0][0] == e.top[0][0] and g.top[0][1] == pytest.approx(e.top[0][1], abs=1e-4)
+    with open(files[0], "rb") as f:  # a stream is read once and decoded for each member
+        assert runtime.predict(f, top_k=1)[0].top[0][0] == expected[0].top[0][0]
+    client = TestClient(create_app(runtime, Limits()))
+    r = client.post("/v1/predict", files={"files": (files[0].name, files[0].read_bytes(), "image/jpeg")})
+    assert r.status_code == 200 and r.json()["results"][0]["top"][0]["label"] == expected[0].top[0][0]
+    info = client.get("/v1/model").json()
+    assert info["members"] == list(BACKBONES) and info["combine"] == "concat"
 
 
 def test_python_api_loads_a_multi_bundle_and_predicts_arrays_like_files(multi_bundle):

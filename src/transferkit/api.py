@@ -49,7 +49,7 @@ class Classifier:
         val, test: split fractions (an official split is kept).
         seed: seed of the split, the head and fine-tuning.
         combine: ``mode="auto"`` may choose a probe over several backbones together when it is clearly
-            better; ``False`` keeps one backbone (what :func:`dream`, :func:`attack`, :func:`featuremaps` and export need).
+            better; ``False`` keeps one backbone (what :func:`dream`, :func:`attack`, :func:`featuremaps` and int8 export need).
         batch_size, image_size, engine, device, cache, workers: as for ``transferkit train``.
 
     Attributes (after :meth:`fit` or :meth:`load`):

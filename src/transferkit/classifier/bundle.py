@@ -240,8 +240,8 @@ def one_backbone_only(path: Path, meta: dict[str, Any]) -> BundleError:
     """The one-line refusal for a command that takes a model of one backbone and got several."""
     names = ", ".join(m["backbone"] for m in meta["members"])
     return BundleError(f"{path} combines {len(meta['members'])} members ({names}); this takes a model of one network "
-                       "(export, serve, attack, dream, featuremaps, robustness, --tta flip-zoom): train one with `--no-combine`, or use "
-                       "`transferkit predict`/`evaluate`, which take both")
+                       "(attack, dream, featuremaps, robustness, int8 export, --tta flip-zoom): train one with `--no-combine`; "
+                       "`predict`, `evaluate`, fp32 `export` and `serve` take both")
 
 
 def _check_meta_sense(path: Path, meta: dict[str, Any]) -> None:

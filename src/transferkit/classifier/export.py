@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from transferkit import __version__
-from transferkit.classifier.bundle import ClassifierModel, load_bundle, read_bundle_meta
+from transferkit.classifier.bundle import ClassifierModel, is_multi_backbone, load_bundle, read_bundle_meta
 from transferkit.classifier.bundle_files import BUNDLE_JSON
 from transferkit.core.atomic import atomic_write
 from transferkit.core.errors import TransferkitError
@@ -45,6 +45,7 @@ from transferkit.runtime.model import (
     INPUT_NAME,
     LAYOUT,
     METADATA_KEY,
+    MULTI_FORMAT_VERSION,
     OUTPUT_NAME,
     open_session,
 )
@@ -90,30 +91,65 @@ class _ProbabilityGraph(nn.Module):
         return torch.softmax(self.head(self.features(pixels)), dim=1)
 
 
+class _MultiProbabilityGraph(nn.Module):
+    """One uint8 NHWC input per member -> the combined softmax probabilities (:mod:`transferkit.classifier.multi`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.features = nn.ModuleList(Uint8Features(m) for m in model.members)
+        self.heads = nn.ModuleList(m.head for m in model.members)
+        self.combine = model.combine
+
+    def forward(self, *pixels: torch.Tensor) -> torch.Tensor:
+        logits = [head(features(x)) for features, head, x in zip(self.features, self.heads, pixels)]
+        if self.combine == "concat":  # the members' shares of one linear head's logits
+            return torch.softmax(torch.stack(logits).sum(0), dim=1)
+        return torch.stack([torch.softmax(z, dim=1) for z in logits]).mean(0)
+
+
+def _graph(model) -> nn.Module:
+    return (_MultiProbabilityGraph(model) if hasattr(model, "members") else _ProbabilityGraph(model)).eval()
+
+
+def _input_names(model) -> list[str]:
+    return [f"{INPUT_NAME}_{i}" for i in range(len(model.members))] if hasattr(model, "members") else [INPUT_NAME]
+
+
+def _specs(model) -> list:
+    return list(model.specs) if hasattr(model, "members") else [model.spec]
+
+
 def bundle_sha256(bundle: str | Path) -> str:
     """sha256 of a bundle's ``bundle.json`` (which records the sha256 of every weights file)."""
     return hashlib.sha256((Path(bundle) / BUNDLE_JSON).read_bytes()).hexdigest()
 
 
-def torch_probabilities(model: ClassifierModel, pixels: np.ndarray) -> np.ndarray:
-    """The PyTorch model's probabilities for ``[N, H, W, 3]`` uint8 pixels (float32, ``[N, K]``)."""
-    graph = _ProbabilityGraph(model).eval()
+def _as_inputs(pixels) -> list[np.ndarray]:
+    return list(pixels) if isinstance(pixels, (list, tuple)) else [pixels]
+
+
+def torch_probabilities(model: ClassifierModel, pixels) -> np.ndarray:
+    """The PyTorch model's probabilities for ``[N, H, W, 3]`` uint8 pixels (float32, ``[N, K]``); a model of several
+    members takes one such array per member."""
+    graph, arrays = _graph(model), _as_inputs(pixels)
     with torch.inference_mode():
-        return np.concatenate([graph(torch.from_numpy(np.ascontiguousarray(pixels[i : i + 16]))).numpy()
-                               for i in range(0, len(pixels), 16)])
+        return np.concatenate([graph(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 16])) for a in arrays)).numpy()
+                               for i in range(0, len(arrays[0]), 16)])
 
 
-def _onnx_probabilities(session, pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + 16]})[0] for i in range(0, len(pixels), 16)])
+def _onnx_probabilities(session, pixels, names: Sequence[str] = (INPUT_NAME,)) -> np.ndarray:
+    arrays = _as_inputs(pixels)
+    return np.concatenate([session.run([OUTPUT_NAME], {n: a[i : i + 16] for n, a in zip(names, arrays)})[0]
+                           for i in range(0, len(arrays[0]), 16)])
 
 
-def _trace_to_onnx(model: ClassifierModel, path: Path) -> None:
-    example = torch.from_numpy(synthetic_probe_pixels(model.spec))
+def _trace_to_onnx(model, path: Path) -> None:
+    names = _input_names(model)
+    example = tuple(torch.from_numpy(synthetic_probe_pixels(spec)) for spec in _specs(model))
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
-        torch.onnx.export(_ProbabilityGraph(model).eval().cpu(), (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(_graph(model).cpu(), example, str(path), input_names=names, output_names=[OUTPUT_NAME],
+                          dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET, dynamo=False)
 
 
 def _save_with_metadata(source: Path, target: str, metadata: dict[str, Any]) -> None:
@@ -127,23 +163,39 @@ def _save_with_metadata(source: Path, target: str, metadata: dict[str, Any]) -> 
     onnx.save(proto, target)
 
 
-def base_metadata(model: ClassifierModel, bundle: Path, bundle_meta: dict[str, Any]) -> dict[str, Any]:
-    """The metadata every export carries (the check and quantisation results are added later)."""
-    spec = model.spec
+def _preprocessing(spec) -> dict[str, Any]:
+    return {"decoder": "pillow-rgb-exif-draft", "image_size": spec.image_size, "resize_size": spec.resize_size,
+            "interpolation": spec.interpolation, "crop_mode": spec.crop_mode, "crop_pct": spec.crop_pct,
+            "mean": list(spec.mean), "std": list(spec.std), "normalized_inside": True}
+
+
+def _input(name: str, spec) -> dict[str, Any]:
+    return {"name": name, "dtype": "uint8", "layout": LAYOUT, "shape": ["batch", spec.image_size, spec.image_size, 3], "color": "RGB"}
+
+
+def base_metadata(model, bundle: Path, bundle_meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata every export carries (the check and quantisation results are added later).
+
+    A model of several members (format version 2) adds ``inputs`` (each member's input and preprocessing, in
+    input order), ``members`` (their backbone specs) and ``combine``; ``input``, ``preprocessing`` and
+    ``backbone`` then describe the first member.
+    """
+    specs, names = _specs(model), _input_names(model)
+    spec = specs[0]
     config, metrics = bundle_meta.get("config") or {}, bundle_meta.get("metrics") or {}
+    multi = {}
+    if hasattr(model, "members"):
+        multi = {"format_version": MULTI_FORMAT_VERSION, "combine": model.combine, "members": [s.to_dict() for s in specs],
+                 "inputs": [{**_input(n, s), "preprocessing": _preprocessing(s)} for n, s in zip(names, specs)]}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "toolkit_version": __version__,
         "class_names": list(model.class_names),
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": LAYOUT, "shape": ["batch", spec.image_size, spec.image_size, 3],
-                  "color": "RGB"},
+        "input": _input(names[0], spec),
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(model.class_names)], "kind": "softmax probabilities"},
-        "preprocessing": {
-            "decoder": "pillow-rgb-exif-draft", "image_size": spec.image_size, "resize_size": spec.resize_size,
-            "interpolation": spec.interpolation, "crop_mode": spec.crop_mode, "crop_pct": spec.crop_pct,
-            "mean": list(spec.mean), "std": list(spec.std), "normalized_inside": True,
-        },
+        "preprocessing": _preprocessing(spec),
+        **multi,
         "backbone": spec.to_dict(),
         "bundle": {"path": str(bundle), "sha256": bundle_sha256(bundle), "mode": config.get("mode") if isinstance(config, dict) else None,
                    "include_backbone": bool(bundle_meta.get("include_backbone")), "toolkit_version": bundle_meta.get("toolkit_version")},
@@ -175,31 +227,35 @@ def decode_many(paths: Sequence[Path], spec, decode_options: dict | None = None)
     return stacked, kept
 
 
-def _check_photos(spec, extra: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
+def _check_photos(specs: Sequence, extra: Sequence[Path]) -> tuple[list[np.ndarray], list[str]]:
+    """Real photos decoded for each spec (the photos every spec could decode), and their names."""
     from transferkit.data.samples import sample_photos
 
-    candidates = list(extra)[: CHECK_IMAGES // 2] + list(sample_photos().values())
-    pixels, kept = decode_many(candidates[:CHECK_IMAGES], spec)
-    return pixels, [Path(candidates[i]).name for i in kept]
+    candidates = (list(extra)[: CHECK_IMAGES // 2] + list(sample_photos().values()))[:CHECK_IMAGES]
+    decoded = [decode_many(candidates, spec) for spec in specs]
+    common = sorted(set.intersection(*(set(kept) for _, kept in decoded)))
+    arrays = [pixels[[kept.index(i) for i in common]] for pixels, kept in decoded]
+    return arrays, [Path(candidates[i]).name for i in common]
 
 
-def check_fp32(model: ClassifierModel, path: Path, photos: Sequence[Path] = ()) -> dict[str, Any]:
+def check_fp32(model, path: Path, photos: Sequence[Path] = ()) -> dict[str, Any]:
     """Compare the ONNX file's probabilities with the PyTorch model's on real photos and a probe batch.
 
     Raises:
         ExportError: the largest difference is ``FP32_MAX_ABS_DIFF`` or more, or a top-1 differs.
     """
-    real, names = _check_photos(model.spec, photos)
-    pixels = np.concatenate([real, synthetic_probe_pixels(model.spec, 2)])
+    specs = _specs(model)
+    real, names = _check_photos(specs, photos)
+    pixels = [np.concatenate([r, synthetic_probe_pixels(spec, 2)]) for r, spec in zip(real, specs)]
     expected = torch_probabilities(model, pixels)
-    got = _onnx_probabilities(open_session(path), pixels)
+    got = _onnx_probabilities(open_session(path), pixels, _input_names(model))
     diff = float(np.abs(expected - got).max()) if got.shape == expected.shape else float("inf")
     same_top1 = bool(got.shape == expected.shape and np.array_equal(expected.argmax(1), got.argmax(1)))
     if not (diff < FP32_MAX_ABS_DIFF and same_top1):
         raise ExportError(f"the exported graph differs from the PyTorch model by {diff:.2e} in probability "
                           f"(limit {FP32_MAX_ABS_DIFF:g}, top-1 equal: {same_top1}); nothing was written. Report this with -vv output.")
-    log.info("fp32 export matches PyTorch on %d real photos + 2 probes (max abs diff %.1e)", len(real), diff)
-    return {"max_abs_diff": diff, "real_photos": len(real), "photos": names, "probe_batches": 2, "limit": FP32_MAX_ABS_DIFF}
+    log.info("fp32 export matches PyTorch on %d real photos + 2 probes (max abs diff %.1e)", len(names), diff)
+    return {"max_abs_diff": diff, "real_photos": len(names), "photos": names, "probe_batches": 2, "limit": FP32_MAX_ABS_DIFF}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +307,15 @@ def export_model(
     if int8 and calibration is None:
         raise ExportError("--int8 needs calibration images: add --calibration DATA (a folder of labelled images like the training data)")
     bundle_meta = read_bundle_meta(bundle)
-    model = load_bundle(bundle)
+    if is_multi_backbone(bundle_meta):
+        if int8:
+            raise ExportError(f"{bundle} combines {len(bundle_meta['members'])} members; --int8 quantises a model of one network: "
+                              "export it in fp32, or train one with `--no-combine`")
+        from transferkit.classifier.multi import load_classifier
+
+        model = load_classifier(bundle)
+    else:
+        model = load_bundle(bundle)
     metadata = base_metadata(model, bundle, bundle_meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:

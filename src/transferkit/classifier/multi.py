@@ -12,9 +12,9 @@ any one (``benchmarks/results/accuracy.md``). Two ways to combine (:data:`COMBIN
 Each member keeps its own preprocessing (input size, mean, std), feature engine and cache entries,
 and is saved as a complete one-backbone bundle inside the multi-backbone bundle (``member-<i>/``),
 whose ``bundle.json`` records the sha256 of each member's ``bundle.json`` (which records its
-weights'). Commands that need one network end to end (export, serve, attacks, feature maps,
-flip-zoom TTA) refuse such a bundle with one line; ``predict``, ``evaluate`` and the Python API's
-``predict``/``evaluate`` take it.
+weights'). ``predict``, ``evaluate``, the Python API, fp32 export (one ONNX graph with an input per
+member), the runtime and the server take it; what needs one network end to end (attacks, feature
+maps, ideal images, int8 export, flip-zoom TTA) refuses it with one line.
 """
 
 from __future__ import annotations

@@ -16,11 +16,15 @@ def _pct(value) -> str:
 def _rows(result) -> list[tuple[str, str]]:
     meta = result.metadata
     check = meta["check"]
-    rows = [("file", f"{result.path} ({result.size_bytes / 1e6:.2f} MB, {result.precision})"),
-            ("input", f"pixels uint8 [N, {meta['preprocessing']['image_size']}, {meta['preprocessing']['image_size']}, 3] "
-                      f"(NHWC RGB; shorter side resized to {meta['preprocessing']['resize_size']} "
-                      f"{meta['preprocessing']['interpolation']}, centre crop)"),
-            ("output", f"probabilities float32 [N, {len(meta['class_names'])}]"),
+    inputs = meta.get("inputs") or [{"name": "pixels", "preprocessing": meta["preprocessing"]}]
+    rows = [("file", f"{result.path} ({result.size_bytes / 1e6:.2f} MB, {result.precision})")]
+    for i in inputs:
+        pre = i["preprocessing"]
+        rows.append(("input", f"{i['name']} uint8 [N, {pre['image_size']}, {pre['image_size']}, 3] (NHWC RGB; shorter side resized to "
+                              f"{pre['resize_size']} {pre['interpolation']}, centre crop)"))
+    if meta.get("members"):
+        rows.append(("members", f"{', '.join(m['name'] for m in meta['members'])} ({meta['combine']})"))
+    rows += [("output", f"probabilities float32 [N, {len(meta['class_names'])}]"),
             ("fp32 check", f"max |p_onnx - p_torch| = {check['max_abs_diff']:.1e} on {check['real_photos']} photos + "
                            f"{check['probe_batches']} probes (limit {check['limit']:g})")]
     q = meta.get("quantization")

@@ -97,7 +97,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="finetune: continue from --checkpoint-dir/last.pt (--mode auto: from each candidate-<i>/last.pt)"),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
     combine: bool = typer.Option(True, "--combine/--no-combine", help="--mode auto: also compare probes over several backbones together "
-                                 "(--no-combine keeps one backbone, as export, serve, attack and explain need)"),
+                                 "(--no-combine keeps one backbone, as attack, dream, featuremaps and int8 export need)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
     from transferkit.pipeline.config import HEAD_KINDS, MODES, TTA_CHOICES, TrainConfig

@@ -49,7 +49,7 @@ class TrainConfig:
             when ``backbone`` is one of them with its offline weights; ``()``: ``backbone`` alone).
         combine: ``mode="auto"`` also compares probes over the compared backbones together (features
             concatenated, and probabilities averaged; see :mod:`transferkit.classifier.multi`). ``False``
-            keeps a model of one backbone, which export, serve, attacks and feature maps need.
+            keeps a model of one backbone, which attacks, feature maps and int8 export need.
     """
 
     data: str = ""

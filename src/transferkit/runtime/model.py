@@ -7,6 +7,10 @@ The file's contract (written by :mod:`transferkit.classifier.export`):
 - output ``probabilities``: float32 ``[N, K]`` (softmax over ``class_names``), any batch size N;
 - metadata key ``transferkit``: JSON with the class names, the preprocessing (the backbone spec),
   the source bundle's sha256, the toolkit version, the precision and what was measured at export.
+
+A model of several members (format version 2) takes one input per member, ``pixels_0``,
+``pixels_1``, ..., each preprocessed as its ``inputs[i].preprocessing`` says (its own size and crop),
+and outputs the combined probabilities.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "transferkit"
 FORMAT = "transferkit-onnx"
 FORMAT_VERSION = 1
+MULTI_FORMAT_VERSION = 2  # one input per member of a model of several backbones
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
 LAYOUT = "NHWC"
@@ -103,9 +108,14 @@ def read_metadata(session, path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: its transferkit metadata is not JSON; export it again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a transferkit export (metadata format {str(meta)[:40]!r})")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > MULTI_FORMAT_VERSION:
         raise ModelFileError(f"{path} has export format version {meta.get('format_version')!r}; this runtime reads up to "
-                             f"{FORMAT_VERSION}. Upgrade transferkit.")
+                             f"{MULTI_FORMAT_VERSION}. Upgrade transferkit.")
+    inputs = meta.get("inputs")
+    if meta["format_version"] >= MULTI_FORMAT_VERSION and not (
+            isinstance(inputs, list) and inputs and all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                        and isinstance(i.get("preprocessing"), dict) for i in inputs)):
+        raise ModelFileError(f"{path}: the metadata has no list of inputs with their preprocessing; export it again")
     names = meta.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
         raise ModelFileError(f"{path}: the metadata has no list of class names; export it again")
@@ -140,7 +150,10 @@ class Runtime:
         self.session = open_session(self.path, threads=threads)
         self.metadata = read_metadata(self.session, self.path)
         self.class_names: list[str] = list(self.metadata["class_names"])
-        self.geometry = Geometry(self.metadata["preprocessing"])
+        self.inputs: list[dict[str, Any]] = self.metadata.get("inputs") or [{"name": INPUT_NAME,
+                                                                              "preprocessing": self.metadata["preprocessing"]}]
+        self.geometries = [Geometry(i["preprocessing"]) for i in self.inputs]
+        self.geometry = self.geometries[0]
         self.max_pixels = max_pixels
 
     @property
@@ -148,21 +161,38 @@ class Runtime:
         """Side of the square input the graph takes, in pixels."""
         return self.geometry.image_size
 
-    def preprocess(self, source) -> np.ndarray:
-        """Decode and resize/crop one input (path, bytes, file object or PIL image): ``[H, W, 3]`` uint8.
+    def preprocess(self, source):
+        """Decode and resize/crop one input (path, bytes, file object or PIL image): ``[H, W, 3]`` uint8
+        (for a model of several members: a tuple, one array per input, each decoded as that member's was).
 
         Raises:
             ImageInputError: the input is not a usable image (the message says why).
         """
-        return load_pixels(source, self.geometry, max_pixels=self.max_pixels)
+        if len(self.geometries) == 1:
+            return load_pixels(source, self.geometry, max_pixels=self.max_pixels)
+        if hasattr(source, "read"):  # a stream is read once, then decoded for each member
+            source = source.read()
+        return tuple(load_pixels(source, g, max_pixels=self.max_pixels) for g in self.geometries)
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, K]`` (float32) for preprocessed ``[N, H, W, 3]`` uint8 pixels."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ImageInputError(f"pixels must be [N, {self.image_size}, {self.image_size}, 3] uint8, got {list(pixels.shape)}")
-        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + self.max_batch]})[0]
-                  for i in range(0, len(pixels), self.max_batch)]
+    def stack(self, items: Sequence) -> np.ndarray | tuple[np.ndarray, ...]:
+        """A batch of :meth:`preprocess` outputs, as :meth:`run` takes it."""
+        if len(self.geometries) == 1:
+            return np.stack(items)
+        return tuple(np.stack([item[i] for item in items]) for i in range(len(self.geometries)))
+
+    def run(self, pixels) -> np.ndarray:
+        """Class probabilities ``[N, K]`` (float32) for preprocessed ``[N, H, W, 3]`` uint8 pixels (several members: one
+        such array per input, in order)."""
+        arrays = [pixels] if len(self.geometries) == 1 else list(pixels)
+        if len(arrays) != len(self.geometries):
+            raise ImageInputError(f"this model takes {len(self.geometries)} pixel arrays, one per member; got {len(arrays)}")
+        arrays = [np.ascontiguousarray(a, dtype=np.uint8) for a in arrays]
+        for a, g in zip(arrays, self.geometries):
+            if a.ndim != 4 or a.shape[1:] != (g.image_size, g.image_size, 3) or len(a) != len(arrays[0]):
+                raise ImageInputError(f"pixels must be [N, {g.image_size}, {g.image_size}, 3] uint8, got {list(a.shape)}")
+        names = [i["name"] for i in self.inputs]
+        chunks = [self.session.run([OUTPUT_NAME], {n: a[i : i + self.max_batch] for n, a in zip(names, arrays)})[0]
+                  for i in range(0, len(arrays[0]), self.max_batch)]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)), np.float32)
 
     def top(self, probs: np.ndarray, top_k: int = 3) -> list[list[tuple[str, float]]]:
@@ -192,7 +222,7 @@ class Runtime:
             except ImageInputError as exc:
                 results[i].error = str(exc)
         if good:
-            for i, top in zip(good, self.top(self.run(np.stack(batch)), top_k)):
+            for i, top in zip(good, self.top(self.run(self.stack(batch)), top_k)):
                 results[i].top = top
 
 

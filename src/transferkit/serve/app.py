@@ -114,6 +114,7 @@ def model_info(runtime: Runtime, limits: Limits) -> dict[str, Any]:
         "toolkit_version": meta.get("toolkit_version"),
         "file": runtime.path.name,
         "limits": asdict(limits),
+        **({"members": [m.get("name") for m in meta.get("members", [])], "combine": meta.get("combine")} if meta.get("members") else {}),
     }
 
 
@@ -138,7 +139,6 @@ def _classify(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int, work
 
 
 def _classify_now(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
-    import numpy as np
 
     pixels = []
     for name, data in blobs:
@@ -152,7 +152,7 @@ def _classify_now(runtime: Runtime, blobs: list[tuple[str, bytes]], top_k: int) 
             raise UploadRejected(400, "truncated", f"{name}: {exc}") from None
         except ImageInputError as exc:
             raise UploadRejected(400, "not_an_image", f"{name}: {exc}") from None
-    tops = runtime.top(runtime.run(np.stack(pixels)), top_k)
+    tops = runtime.top(runtime.run(runtime.stack(pixels)), top_k)
     return [{"filename": name, "top": [{"label": c, "probability": p} for c, p in top]} for (name, _), top in zip(blobs, tops)]
 
 
