@@ -378,3 +378,37 @@ def test_auto_can_keep_the_probe_and_the_fine_tune_side_by_side(tmp_path, monkey
         expected = (probe_net(x).double().softmax(1) + tuned_net(x).double().softmax(1)) / 2
         feats = [m.forward_features(x).numpy() for m in model.members]
     assert np.allclose(model.probabilities(feats), expected.numpy(), atol=1e-5)
+
+
+def test_the_runtime_refuses_what_does_not_fit_a_multi_member_graph_in_one_line(multi_bundle, tmp_path):
+    import onnx
+
+    from transferkit.classifier.export import export_model
+    from transferkit.runtime import Runtime
+    from transferkit.runtime.decode import ImageInputError
+    from transferkit.runtime.model import METADATA_KEY, ModelFileError
+
+    path = export_model(multi_bundle["path"], tmp_path / "m.onnx").path
+    runtime = Runtime(path)
+    file = sorted(multi_bundle["data"].rglob("*.jpg"))[0]
+    with open(file, "rb") as f:
+        f.read(10)  # a stream someone has looked into: read from its start, as for one backbone
+        assert runtime.predict(f, top_k=1)[0].ok
+    one = runtime.preprocess(file)
+    assert isinstance(one, tuple) and len(one) == 2
+    with pytest.raises(ImageInputError, match="a list of 2 pixel arrays"):
+        runtime.run(one[0][None])
+    with pytest.raises(ImageInputError, match="different numbers of images"):
+        runtime.run((np.stack([one[0], one[0]]), one[1][None]))
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    for broken, words in ((lambda m: m["inputs"].reverse(), "metadata names inputs"),
+                          (lambda m: m["inputs"][1]["preprocessing"].pop("image_size"), "preprocessing of input pixels_1 is malformed"),
+                          (lambda m: m.__setitem__("members", ["a", "b"]), "members is malformed")):
+        edited = json.loads(json.dumps(meta))
+        broken(edited)
+        entry.value = json.dumps(edited)
+        onnx.save(proto, str(tmp_path / "bad.onnx"))
+        with pytest.raises(ModelFileError, match=words):
+            Runtime(tmp_path / "bad.onnx")

@@ -116,6 +116,10 @@ def read_metadata(session, path: str | Path) -> dict[str, Any]:
             isinstance(inputs, list) and inputs and all(isinstance(i, dict) and isinstance(i.get("name"), str)
                                                         and isinstance(i.get("preprocessing"), dict) for i in inputs)):
         raise ModelFileError(f"{path}: the metadata has no list of inputs with their preprocessing; export it again")
+    members = meta.get("members")
+    if members is not None and not (isinstance(members, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                                      for m in members)):
+        raise ModelFileError(f"{path}: the metadata's list of members is malformed; export it again")
     names = meta.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
         raise ModelFileError(f"{path}: the metadata has no list of class names; export it again")
@@ -152,13 +156,14 @@ class Runtime:
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.inputs: list[dict[str, Any]] = self.metadata.get("inputs") or [{"name": INPUT_NAME,
                                                                               "preprocessing": self.metadata["preprocessing"]}]
-        self.geometries = [Geometry(i["preprocessing"]) for i in self.inputs]
+        self.geometries = _geometries(self.inputs, self.session, self.path)
         self.geometry = self.geometries[0]
         self.max_pixels = max_pixels
 
     @property
     def image_size(self) -> int:
-        """Side of the square input the graph takes, in pixels."""
+        """Side of the square input the graph takes, in pixels (a model of several members: its first input's;
+        ``geometries`` has each)."""
         return self.geometry.image_size
 
     def preprocess(self, source):
@@ -170,8 +175,13 @@ class Runtime:
         """
         if len(self.geometries) == 1:
             return load_pixels(source, self.geometry, max_pixels=self.max_pixels)
-        if hasattr(source, "read"):  # a stream is read once, then decoded for each member
-            source = source.read()
+        if hasattr(source, "read"):  # a stream is read once, from its start as Pillow would, then decoded for each member
+            try:
+                if getattr(source, "seekable", lambda: False)():
+                    source.seek(0)
+                source = source.read()
+            except (OSError, ValueError) as exc:
+                raise ImageInputError(f"cannot read the input stream ({exc})") from None
         return tuple(load_pixels(source, g, max_pixels=self.max_pixels) for g in self.geometries)
 
     def stack(self, items: Sequence) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -183,13 +193,19 @@ class Runtime:
     def run(self, pixels) -> np.ndarray:
         """Class probabilities ``[N, K]`` (float32) for preprocessed ``[N, H, W, 3]`` uint8 pixels (several members: one
         such array per input, in order)."""
-        arrays = [pixels] if len(self.geometries) == 1 else list(pixels)
-        if len(arrays) != len(self.geometries):
-            raise ImageInputError(f"this model takes {len(self.geometries)} pixel arrays, one per member; got {len(arrays)}")
+        if len(self.geometries) == 1:
+            arrays = [pixels]
+        elif isinstance(pixels, (list, tuple)) and len(pixels) == len(self.geometries):
+            arrays = list(pixels)
+        else:
+            raise ImageInputError(f"this model takes a list of {len(self.geometries)} pixel arrays, one per member (see stack()); "
+                                  f"got {type(pixels).__name__}")
         arrays = [np.ascontiguousarray(a, dtype=np.uint8) for a in arrays]
         for a, g in zip(arrays, self.geometries):
-            if a.ndim != 4 or a.shape[1:] != (g.image_size, g.image_size, 3) or len(a) != len(arrays[0]):
+            if a.ndim != 4 or a.shape[1:] != (g.image_size, g.image_size, 3):
                 raise ImageInputError(f"pixels must be [N, {g.image_size}, {g.image_size}, 3] uint8, got {list(a.shape)}")
+        if len({len(a) for a in arrays}) > 1:
+            raise ImageInputError(f"the members' pixel arrays hold different numbers of images: {[len(a) for a in arrays]}")
         names = [i["name"] for i in self.inputs]
         chunks = [self.session.run([OUTPUT_NAME], {n: a[i : i + self.max_batch] for n, a in zip(names, arrays)})[0]
                   for i in range(0, len(arrays[0]), self.max_batch)]
@@ -224,6 +240,32 @@ class Runtime:
         if good:
             for i, top in zip(good, self.top(self.run(self.stack(batch)), top_k)):
                 results[i].top = top
+
+
+def _geometries(inputs: list[dict[str, Any]], session, path: Path) -> list[Geometry]:
+    """Each input's resize and crop, checked against the graph's own inputs (names, order and sizes).
+
+    Raises:
+        ModelFileError: the metadata does not describe this graph, or its preprocessing is malformed.
+    """
+    graph = session.get_inputs()
+    if [i["name"] for i in inputs] != [g.name for g in graph]:
+        raise ModelFileError(f"{path}: the metadata names inputs {[i['name'] for i in inputs]} but the graph takes "
+                             f"{[g.name for g in graph]}; export it again")
+    out = []
+    for spec, g in zip(inputs, graph):
+        try:
+            geometry = Geometry(spec["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: the preprocessing of input {spec['name']} is malformed ({exc}); export it again") from None
+        except ImageInputError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        side = [d for d in g.shape[1:3] if isinstance(d, int)]
+        if any(d != geometry.image_size for d in side):
+            raise ModelFileError(f"{path}: input {g.name} is {g.shape[1]}x{g.shape[2]} pixels but its preprocessing says "
+                                 f"{geometry.image_size}; export it again")
+        out.append(geometry)
+    return out
 
 
 def _as_list(inputs) -> list:

@@ -114,7 +114,8 @@ def model_info(runtime: Runtime, limits: Limits) -> dict[str, Any]:
         "toolkit_version": meta.get("toolkit_version"),
         "file": runtime.path.name,
         "limits": asdict(limits),
-        **({"members": [m.get("name") for m in meta.get("members", [])], "combine": meta.get("combine")} if meta.get("members") else {}),
+        **({"members": [m["name"] for m in meta["members"]], "combine": meta.get("combine"), "inputs": meta.get("inputs")}
+           if meta.get("members") else {}),
     }
 
 

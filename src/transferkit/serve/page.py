@@ -78,7 +78,8 @@ async function loadModel() {
     const m = await r.json();
     const names = m.class_names.slice(0, 8).join(", ") + (m.class_names.length > 8 ? ", ..." : "");
     const acc = m.metrics && typeof m.metrics.accuracy === "number" ? " - test accuracy " + (100 * m.metrics.accuracy).toFixed(1) + " %" : "";
-    $("model").textContent = m.class_names.length + " classes (" + names + ") - " + (m.backbone.name || "") + ", " + (m.precision || "") + acc;
+    const backbones = m.members ? m.members.join(" + ") : (m.backbone.name || "");
+    $("model").textContent = m.class_names.length + " classes (" + names + ") - " + backbones + ", " + (m.precision || "") + acc;
   } catch (e) {
     $("model").textContent = "model information unavailable";
   }
