@@ -412,3 +412,42 @@ def test_the_runtime_refuses_what_does_not_fit_a_multi_member_graph_in_one_line(
         onnx.save(proto, str(tmp_path / "bad.onnx"))
         with pytest.raises(ModelFileError, match=words):
             Runtime(tmp_path / "bad.onnx")
+
+
+def test_prefer_combined_takes_the_averaged_probes_unless_the_configured_one_is_clearly_better():
+    from transferkit.pipeline.auto import _averaged_as_baseline, decide
+    from transferkit.pipeline.result import AutoCandidate
+
+    def rows():
+        return [AutoCandidate("probe a", "backbone", accuracy=0.80), AutoCandidate("probe b", "backbone", accuracy=0.82),
+                AutoCandidate("probe a + b (probabilities averaged)", "backbone", accuracy=0.83)]
+
+    base = np.r_[np.ones(80, bool), np.zeros(20, bool)]
+    b = base.copy()
+    b[80:82] = True
+    level = base.copy()
+    level[80:83] = True  # 3 more right: not clearly better, but preferred
+    r = rows()
+    correct = {"probe b": b, r[2].name: level}
+    ordered, baseline = _averaged_as_baseline(r, r[2], base, correct)
+    assert ordered[0] is r[2] and baseline is level and set(correct) == {"probe a", "probe b"}
+    assert decide(ordered, baseline, correct) == r[2].name and r[2].comparison["b"] == 3
+    worse = base.copy()
+    worse[:15] = False  # the configured probe is clearly better than the average: nothing changes
+    r = rows()
+    correct = {"probe b": b, r[2].name: worse}
+    ordered, baseline = _averaged_as_baseline(r, r[2], base, correct)
+    assert ordered[0] is r[0] and baseline is base and decide(ordered, baseline, correct) == "probe a"
+
+
+def test_prefer_combined_end_to_end_saves_the_averaged_probes(tmp_path):
+    from transferkit.classifier.multi import TrainedMultiModel
+    from transferkit.pipeline.train import TrainConfig, train
+
+    root = _two_colour_folder(tmp_path / "data", per_class=12)  # every probe perfect: the average is not worse
+    result = train(TrainConfig(data=str(root), backbone=BACKBONES[0], backbone_candidates=BACKBONES, weights="none", image_size=32,
+                               mode="auto", val=0.2, test=0.2, batch_size=8, cache=False, out=str(tmp_path / "m"), report=False,
+                               device="cpu", prefer_combined=True))
+    assert isinstance(result.model, TrainedMultiModel) and result.model.combine == "ensemble"
+    auto = result.metrics["auto"]
+    assert "preferred" in auto["reason"] and "prefer_combined" in auto["rule"]

@@ -50,6 +50,8 @@ class Classifier:
         seed: seed of the split, the head and fine-tuning.
         combine: ``mode="auto"`` may choose a probe over several backbones together when it is clearly
             better; ``False`` keeps one backbone (what :func:`dream`, :func:`attack`, :func:`featuremaps` and int8 export need).
+        prefer_combined: ``mode="auto"`` takes the backbones' probes averaged unless a candidate is clearly better
+            (see :class:`~transferkit.pipeline.config.TrainConfig`).
         batch_size, image_size, engine, device, cache, workers: as for ``transferkit train``.
 
     Attributes (after :meth:`fit` or :meth:`load`):
@@ -63,11 +65,13 @@ class Classifier:
                  C: float | None = None, class_weight: str | None = None, finetune: FinetuneConfig | None = None,
                  lr_candidates: tuple[float, ...] | None = None, tta: str = "none", val: float = 0.15, test: float = 0.15,
                  seed: int = 0, batch_size: int = 32, image_size: int | None = None, engine: str = "auto",
-                 device: str | None = None, cache: bool = True, workers: int = 2, combine: bool = True) -> None:
+                 device: str | None = None, cache: bool = True, workers: int = 2, combine: bool = True,
+                 prefer_combined: bool = False) -> None:
         self.backbone, self.mode, self.weights, self.head, self.C = backbone, mode, weights, head, C
         self.class_weight, self.finetune, self.lr_candidates, self.tta = class_weight, finetune, lr_candidates, tta
         self.val, self.test, self.seed, self.batch_size, self.image_size = val, test, seed, batch_size, image_size
         self.engine, self.device, self.cache, self.workers, self.combine = engine, device, cache, workers, combine
+        self.prefer_combined = prefer_combined
         self.model_ = None
         self.result_ = None
         self._recorded_config: dict[str, Any] = {}
@@ -82,7 +86,7 @@ class Classifier:
                            class_weight=self.class_weight, val=self.val, test=self.test, seed=self.seed, batch_size=self.batch_size,
                            image_size=self.image_size, format=data_format, cache=self.cache, report=report and out is not None,
                            workers=self.workers, device=self.device, finetune=self.finetune, lr_candidates=self.lr_candidates,
-                           tta=self.tta, combine=self.combine)
+                           tta=self.tta, combine=self.combine, prefer_combined=self.prefer_combined)
 
     def fit(self, data, *, out: str | os.PathLike | None = None, report: bool = True, data_format: str = "auto",
             progress: Callable[[int, int], None] | None = None) -> Classifier:

@@ -98,6 +98,8 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default: CUDA when available)"),
     combine: bool = typer.Option(True, "--combine/--no-combine", help="--mode auto: also compare probes over several backbones together "
                                  "(--no-combine keeps one backbone, as attack, dream, featuremaps and int8 export need)"),
+    prefer_combined: bool = typer.Option(False, "--prefer-combined", help="--mode auto: take the backbones' probes averaged unless "
+                                         "the configured one is clearly better (more accurate on small data; ~4x prediction time)"),
 ) -> None:
     """Train a classifier on DATA (frozen-feature probe, or fine-tuning with --mode finetune/auto); write a bundle and a report."""
     from transferkit.pipeline.config import HEAD_KINDS, MODES, TTA_CHOICES, TrainConfig
@@ -125,6 +127,7 @@ def train(
         format=data_format, cache=not no_cache, report=not no_report, device=device,
         finetune=finetune_recipe(mode, device, **given) if mode != "probe" and given else None,
         lr_candidates=(lr,) if lr is not None and mode != "probe" else None, tta=tta if mode != "probe" else "none", combine=combine,
+        prefer_combined=prefer_combined,
     )
     from transferkit.features.distributed import is_main_process
 

@@ -263,9 +263,29 @@ def _compare_backbones(config: TrainConfig, data, cache, backbone, progress, tim
                 _, ia, ib = np.intersect1d(s.oof_rows, base.oof_rows, return_indices=True)
                 if len(ia) == len(base.oof_rows):  # the same images (the same readable files)
                     correct[s.row.name] = s.oof_correct[ia][np.argsort(ib)]
-        winner = decide([s.row for s in scores], base.oof_correct, correct)
+        rows, baseline = [s.row for s in scores], base.oof_correct
+        averaged = next((s for s in scores if s.combine == "ensemble" and s.row.name in correct), None)
+        if config.prefer_combined and averaged is not None:
+            rows, baseline = _averaged_as_baseline(rows, averaged.row, baseline, correct)
+        winner = decide(rows, baseline, correct)
         chosen = next(s for s in scores if s.row.name == winner)
     return chosen, [s.row for s in scores if s.row is not None]
+
+
+def _averaged_as_baseline(rows: list[AutoCandidate], averaged: AutoCandidate, base_correct: np.ndarray,
+                          correct: dict[str, np.ndarray]) -> tuple[list[AutoCandidate], np.ndarray]:
+    """``config.prefer_combined``: the backbones' probes averaged become the baseline the others must clearly beat,
+    unless the configured backbone's probe is clearly better than them (then nothing changes)."""
+    from transferkit.evaluate.compare import mcnemar
+
+    if mcnemar(base_correct, correct[averaged.name]).clearly_better(AUTO_SWITCH_P):
+        return rows, base_correct
+    averaged.versus, averaged.comparison = rows[0].name, mcnemar(correct[averaged.name], base_correct).to_dict()
+    others = {**correct, rows[0].name: base_correct}
+    baseline = others.pop(averaged.name)
+    correct.clear()
+    correct.update(others)
+    return [averaged] + [r for r in rows if r is not averaged], baseline
 
 
 def _combined_scores(config: TrainConfig, data, scored: list[_BackboneScore], budget: float, started: float) -> list[_BackboneScore]:
@@ -408,6 +428,12 @@ def decide(rows: list[AutoCandidate], baseline_correct: np.ndarray, correct: dic
 
 RULE = (f"a candidate replaces the probe (or the configured backbone) only if, on the images both were scored on, it wins more "
         f"images than it loses and McNemar's one-sided exact p < {AUTO_SWITCH_P:g}")
+def _rule(config: TrainConfig) -> str:
+    return PREFER_COMBINED_RULE if config.prefer_combined else RULE
+
+
+PREFER_COMBINED_RULE = ("with prefer_combined, the backbones' probes averaged are the baseline of the first stage unless the "
+                        "configured backbone's probe is clearly better than them; then " + RULE)
 
 
 def _finish_combined(config: TrainConfig, data, chosen: _BackboneScore, rows: list[AutoCandidate], budget: float,
@@ -420,11 +446,13 @@ def _finish_combined(config: TrainConfig, data, chosen: _BackboneScore, rows: li
 
     row = chosen.row
     cmp = row.comparison or {}
-    why = (f"a probe over {chosen.name} beat the probe of {config.backbone} on out-of-fold predictions over {row.n} training images "
+    clearly = cmp.get("b", 0) > cmp.get("c", 0) and cmp.get("p_better", 1.0) < AUTO_SWITCH_P
+    verb = "beat" if clearly else "was preferred (prefer_combined: not clearly worse) to"
+    why = (f"a probe over {chosen.name} {verb} the probe of {config.backbone} on out-of-fold predictions over {row.n} training images "
            f"({row.accuracy:.4f}: {cmp.get('b', 0)} won, {cmp.get('c', 0)} lost, McNemar p = {cmp.get('p_better', float('nan')):.3g}); "
            "fine-tuning, which trains one backbone, was not tried")
     log.info("--mode auto: %s", why)
-    choice = AutoChoice("probe", why, candidates=rows, backbone=chosen.name, rule=RULE,
+    choice = AutoChoice("probe", why, candidates=rows, backbone=chosen.name, rule=_rule(config),
                         time_budget=None if budget == float("inf") else budget)
     result = train_combined(dataclasses.replace(config, mode="probe"), data=data, members=chosen.members, combine=chosen.combine,
                             auto=choice)
@@ -472,7 +500,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
 
     def finish_probe(why: str, model_rows: list[AutoCandidate], tried=(), tried_seconds=0.0) -> TrainResult | None:
         choice = AutoChoice("probe", why, tried=list(tried), tried_seconds=tried_seconds, candidates=rows + model_rows,
-                            backbone=chosen.name, rule=RULE, time_budget=None if budget == float("inf") else budget)
+                            backbone=chosen.name, rule=_rule(config), time_budget=None if budget == float("inf") else budget)
         result = train_probe(dataclasses.replace(config_b, mode="probe"), imageset=imageset,
                              backbone=chosen.backbone if chosen.backbone is not None else backbone, progress=None, auto=choice)
         if result is None:
@@ -516,7 +544,7 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
         tuned.model = TrainedModel.from_network(net, include_backbone=True)
         score_held_out(tuned, data, net)
     tuned.auto = AutoChoice("finetune", why, tried=[dataclasses.replace(c, chosen=c.chosen) for c in tuned.finetune.candidates],
-                            candidates=rows + model_rows, backbone=chosen.name, rule=RULE,
+                            candidates=rows + model_rows, backbone=chosen.name, rule=_rule(config),
                             time_budget=None if budget == float("inf") else budget)
     tuned.timings["auto_total"] = round(time.perf_counter() - started, 2)
     log.info("--mode auto: %s", why)
