@@ -269,6 +269,12 @@ def render_markdown(results: dict) -> str:
         rows = entry["rows"]
         lines.append(f"| {name} | {rows['probe']['test_images']} | {cell(rows['probe'], False)} | {cell(rows['finetune'])} | {cell(rows['auto'])} "
                      f"| {chose(rows['auto'])} | {cell(rows['gridsearchcv'])} (C = {rows['gridsearchcv']['C']:g}) |")
+    extra = {name: [m for m in entry["rows"] if m in SETTINGS] for name, entry in results.get("sets", {}).items()}
+    if any(extra.values()):
+        lines += ["", "| set | setting | test accuracy; vs the probe | what auto chose |", "|---|---|---|---|"]
+        for name, modes in extra.items():
+            rows = results["sets"][name]["rows"]
+            lines += [f"| {name} | {m} | {cell(rows[m])} | {chose(rows[m])} |" for m in modes]
     lines += ["", "| set | probe s | finetune s | auto s (wall; CPU) |", "|---|---:|---:|---:|"]
     for name, entry in results.get("sets", {}).items():
         rows = entry["rows"]
