@@ -428,12 +428,13 @@ def decide(rows: list[AutoCandidate], baseline_correct: np.ndarray, correct: dic
 
 RULE = (f"a candidate replaces the probe (or the configured backbone) only if, on the images both were scored on, it wins more "
         f"images than it loses and McNemar's one-sided exact p < {AUTO_SWITCH_P:g}")
-def _rule(config: TrainConfig) -> str:
-    return PREFER_COMBINED_RULE if config.prefer_combined else RULE
-
-
 PREFER_COMBINED_RULE = ("with prefer_combined, the backbones' probes averaged are the baseline of the first stage unless the "
                         "configured backbone's probe is clearly better than them; then " + RULE)
+
+
+def _rule(config: TrainConfig) -> str:
+    """The decision rule the run followed, as recorded in its result."""
+    return PREFER_COMBINED_RULE if config.prefer_combined else RULE
 
 
 def _finish_combined(config: TrainConfig, data, chosen: _BackboneScore, rows: list[AutoCandidate], budget: float,
