@@ -334,18 +334,11 @@ def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: 
     from transferkit.pipeline.probe import build_backbone
 
     ft = tuned.finetune
-    val, train = ft.val_images, ft.train_images
-    row_of = {str(p): i for i, p in enumerate(data.paths)}
-    feats = chosen.feats
+    val = ft.val_images
     t = time.perf_counter()
-    tr_rows = np.array([row_of[str(p)] for p in train.paths], dtype=np.int64)
-    va_rows = np.array([row_of[str(p)] for p in val.paths], dtype=np.int64)
-    tr_rows = tr_rows[feats.ok[tr_rows]]
     y_val = np.asarray(val.labels)
     cfg_b = dataclasses.replace(config, backbone=chosen.name, mode="probe")
-    head = _probe_cv(cfg_b, feats.X, data.labels, tr_rows)
-    probe_p = _full_proba(head, head.predict_proba(feats.X[va_rows]), data.num_classes)
-    ok = feats.ok[va_rows]  # an image the probe could not read counts as wrong for it
+    head, probe_p, ok = probe_on_validation(cfg_b, data, chosen.feats, ft.train_images, val)
     probe_correct = _correct(probe_p, y_val) & ok
     rows = [AutoCandidate("probe", "model", n=len(y_val), accuracy=float(probe_correct.mean()), log_loss=_log_loss(probe_p[ok], y_val[ok]),
                           seconds=round(time.perf_counter() - t, 2))]
@@ -380,6 +373,17 @@ def _model_candidates(config: TrainConfig, data, chosen: _BackboneScore, tuned: 
                                       log_loss=_log_loss(p_w, y_val), seconds=round(time.perf_counter() - t, 2)))
     winner = decide(rows, probe_correct, correct)
     return winner, rows, nets.get(winner)
+
+
+def probe_on_validation(config: TrainConfig, data, feats, train, val) -> tuple[object, np.ndarray, np.ndarray]:
+    """The probe fitted on a fine-tune's training images (C by cross-validation), scored on its validation images:
+    ``(head, probabilities over every class [len(val), K], which validation images it could read)``. An image it
+    could not read should count as wrong for it."""
+    row_of = {str(p): i for i, p in enumerate(data.paths)}
+    tr_rows = np.array([row_of[str(p)] for p in train.paths], dtype=np.int64)
+    va_rows = np.array([row_of[str(p)] for p in val.paths], dtype=np.int64)
+    head = _probe_cv(config, feats.X, data.labels, tr_rows[feats.ok[tr_rows]])
+    return head, _full_proba(head, head.predict_proba(feats.X[va_rows]), data.num_classes), feats.ok[va_rows]
 
 
 def _ensemble_candidate(name: str, config: TrainConfig, probe_net, tuned_net, probe_p: np.ndarray, p_ft: np.ndarray, ok: np.ndarray,
@@ -555,5 +559,5 @@ def train_auto(config: TrainConfig, *, imageset=None, backbone=None, progress=No
 
 
 __all__ = ["AUTO_BACKBONES", "AUTO_CPU_LRS", "AUTO_MAX_CPU_IMAGES", "AUTO_MIN_PER_CLASS", "AUTO_SWITCH_P", "AUTO_TIME_BUDGET",
-           "auto_finetune_config", "auto_lr_candidates", "backbone_candidates", "choose_mode", "decide", "estimate_finetune_seconds",
+           "auto_finetune_config", "auto_lr_candidates", "backbone_candidates", "choose_mode", "decide", "estimate_finetune_seconds", "probe_on_validation",
            "train_auto"]

@@ -190,23 +190,17 @@ def _probe_unless_clearly_beaten(config: TrainConfig, data, train, val, fit, sum
     from transferkit.evaluate.compare import mcnemar
     from transferkit.evaluate.tta import predict_proba
     from transferkit.features.cache import usable_cache
-    from transferkit.heads import create_head
-    from transferkit.pipeline.auto import AUTO_SWITCH_P
-    from transferkit.pipeline.probe import head_options, probe_features
+    from transferkit.pipeline.auto import AUTO_SWITCH_P, probe_on_validation
+    from transferkit.pipeline.probe import probe_features
 
     smallest = int(np.bincount(np.asarray(train.labels), minlength=data.num_classes).min())
     if smallest >= SMALL_DATA_PER_CLASS or not fit.best_epoch or val is None or not len(val):
         return False
     probe_config = dataclasses.replace(config, head="logistic", mode="probe")
     feats, _, built = probe_features(probe_config, data, usable_cache(config.cache), None, None, {})
-    row_of = {str(p): i for i, p in enumerate(data.paths)}
-    tr = np.array([row_of[str(p)] for p in train.paths], dtype=np.int64)
-    tr = tr[feats.ok[tr]]
-    va = np.array([row_of[str(p)] for p in val.paths], dtype=np.int64)
-    head = create_head("logistic", **{k: v for k, v in head_options(probe_config).items() if k != "C"}).fit(feats.X[tr], data.labels[tr])
+    head, probe_p, ok = probe_on_validation(probe_config, data, feats, train, val)
     y_val = np.asarray(val.labels)
-    probe_pred = np.asarray(head.classes_)[np.argmax(head.predict_proba(feats.X[va]), axis=1)]
-    probe_correct = (probe_pred == y_val) & feats.ok[va]
+    probe_correct = (np.argmax(probe_p, axis=1) == y_val) & ok
     tuned_correct = np.argmax(predict_proba(fit.model, val), axis=1) == y_val
     cmp = mcnemar(tuned_correct, probe_correct)
     said = (f"on {len(val)} validation images the fine-tune (epoch {fit.best_epoch}) won {cmp.b} and lost {cmp.c} against the "
