@@ -121,6 +121,12 @@ class _Members:
     def name(self) -> str:
         return describe(self.combine, [s.name for s in self.specs])
 
+    def _combined(self, heads: Sequence, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (float64) from each member's head and features of the same images, in member order."""
+        if len(features) != len(self.members):
+            raise ValueError(f"{len(features)} feature sets for {len(self.members)} members")
+        return combine_logits(self.combine, [head_logits(h, X) for h, X in zip(heads, features)])
+
 
 class MultiBackboneModel(_Members):
     """Several one-backbone classifiers (:class:`~transferkit.classifier.bundle.ClassifierModel`) whose outputs are combined.
@@ -137,9 +143,7 @@ class MultiBackboneModel(_Members):
 
     def probabilities(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities (float64) from each member's features of the same images, in member order."""
-        if len(features) != len(self.members):
-            raise ValueError(f"{len(features)} feature sets for {len(self.members)} members")
-        return combine_logits(self.combine, [head_logits(m.head, X) for m, X in zip(self.members, features)])
+        return self._combined([m.head for m in self.members], features)
 
     def probabilities_of_image(self, image) -> np.ndarray:
         """Class probabilities of one PIL image, each member preprocessing it as files are."""
@@ -180,10 +184,7 @@ class TrainedMultiModel(_Members):
 
     def probabilities(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities from each member's features of the same images (no network is built)."""
-        if len(features) != len(self.members):
-            raise ValueError(f"{len(features)} feature sets for {len(self.members)} members")
-        heads = [m.network().head if m.is_built else m.head for m in self.members]
-        return combine_logits(self.combine, [head_logits(h, X) for h, X in zip(heads, features)])
+        return self._combined([m.network().head if m.is_built else m.head for m in self.members], features)
 
     def network(self) -> MultiBackboneModel:
         """The :class:`MultiBackboneModel` (each member's ``ClassifierModel`` built once)."""

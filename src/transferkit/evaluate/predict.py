@@ -84,21 +84,24 @@ def model_probabilities(model, paths: Sequence[Path], *, engine="auto", batch_si
         all_feats.append(model_features(member, paths, engine=member_engine, batch_size=batch_size, cache=cache,
                                         progress=member_progress if progress is not None else None, device=device,
                                         decode_options=decode_options, view=view))
-    ok = np.logical_and.reduce([f.ok for f in all_feats])
-    errors: dict[str, str] = {}
-    for f in all_feats:
-        for p, e in f.errors.items():
-            errors.setdefault(p, e)
+    ok, errors, stats = merge_extractions(all_feats)
     good = np.flatnonzero(ok)
     probs = model.probabilities([f.X[good] for f in all_feats]) if len(good) else np.zeros((0, model.num_classes))
-    return ModelOutput(probs, ok, errors, merged_feature_stats([f.stats for f in all_feats], failed=int((~ok).sum())))
+    return ModelOutput(probs, ok, errors, stats)
 
 
-def merged_feature_stats(stats: Sequence[dict], *, failed: int) -> dict:
-    """One record of several backbones' extractions: counts summed, engines named, each member's own kept."""
-    out = {k: sum(int(s.get(k, 0)) for s in stats) for k in ("computed", "cached")}
-    out.update(failed=failed, engine=" + ".join(str(s.get("engine")) for s in stats), members=[dict(s) for s in stats])
-    return out
+def merge_extractions(feats: Sequence) -> tuple[np.ndarray, dict[str, str], dict]:
+    """Several backbones' features of the same files as one: ``(which files every backbone read, the first reason
+    each other file was not, one stats record: counts summed, engines named, each backbone's own record kept)``."""
+    ok = np.logical_and.reduce([f.ok for f in feats])
+    errors: dict[str, str] = {}
+    for f in feats:
+        for p, e in f.errors.items():
+            errors.setdefault(p, e)
+    stats = {k: sum(int(f.stats.get(k, 0)) for f in feats) for k in ("computed", "cached")}
+    stats.update(failed=int((~ok).sum()), engine=" + ".join(str(f.stats.get("engine")) for f in feats),
+                 members=[dict(f.stats) for f in feats])
+    return ok, errors, stats
 
 
 def predict_images(
@@ -241,5 +244,5 @@ def predict_to_file(model, paths: Sequence[str | Path], out: str | os.PathLike, 
     return {"total": len(paths), "skipped_done": len(paths) - len(todo), "written": writer.written, "failed": failed}
 
 
-__all__ = ["CSV_HEADER", "ModelOutput", "Prediction", "PredictionWriter", "csv_rows", "iter_predictions", "merged_feature_stats",
+__all__ = ["CSV_HEADER", "ModelOutput", "Prediction", "PredictionWriter", "csv_rows", "iter_predictions", "merge_extractions",
            "model_probabilities", "predict_images", "predict_to_file"]

@@ -55,16 +55,13 @@ class CombinedScore:
     correct: np.ndarray | None = None
 
 
-def readable_everywhere(members: list[MemberFeatures]) -> np.ndarray:
-    """Images every member's features were read for."""
-    return np.logical_and.reduce([m.feats.ok for m in members])
-
-
 def concat_candidate(config: TrainConfig, data, members: list[MemberFeatures], probe_cv) -> CombinedScore:
     """The logistic probe over the members' features concatenated, scored out of fold (``probe_cv`` fits it)."""
-    name = "probe " + describe("concat", [m.name for m in members])
-    ok = readable_everywhere(members)
+    from transferkit.evaluate.predict import merge_extractions
     from transferkit.pipeline.probe import head_rows
+
+    name = "probe " + describe("concat", [m.name for m in members])
+    ok = merge_extractions([m.feats for m in members])[0]
 
     rows = head_rows(split_rows(data, ok))
     size = int(ok.sum()) * sum(m.feats.X.shape[1] for m in members) * 4  # what the kept model's fit stacks
@@ -114,14 +111,14 @@ def train_combined(config: TrainConfig, *, data, members: list[MemberFeatures], 
     head per member. ``ensemble``: each member's own probe, as ``--mode probe`` fits it on that backbone.
     """
     from transferkit.evaluate.metrics import evaluate_probabilities
-    from transferkit.evaluate.predict import merged_feature_stats
+    from transferkit.evaluate.predict import merge_extractions
     from transferkit.features.cache import usable_cache
     from transferkit.pipeline.outputs import write_outputs
     from transferkit.pipeline.probe import _data_name
 
     timings: dict[str, float] = {}
     cache = usable_cache(config.cache)
-    ok = readable_everywhere(members)
+    ok, errors, stats = merge_extractions([m.feats for m in members])
     idx = split_rows(data, ok)
     held_out = held_out_split(data)
     sel = idx[held_out] if held_out and len(idx[held_out]) else None
@@ -141,13 +138,8 @@ def train_combined(config: TrainConfig, *, data, members: list[MemberFeatures], 
                 Cs.append(s.C)
             summary = HeadSummary(config.head, None, tuple(Cs))
     model = TrainedMultiModel([trained_model(m.spec, h, data.class_names, m.backbone) for m, h in zip(members, heads)], combine)
-    errors: dict[str, str] = {}
-    for m in members:
-        for p, e in m.feats.errors.items():
-            errors.setdefault(p, e)
     result = TrainResult(model=model, config=config, images={s: int(len(v)) for s, v in idx.items()}, head=summary,
-                         unused=UnusedFiles.collect(data.report, errors),
-                         features=merged_feature_stats([m.feats.stats for m in members], failed=int((~ok).sum())), timings=timings)
+                         unused=UnusedFiles.collect(data.report, errors), features=stats, timings=timings)
     if sel is not None:
         with timed(timings, "evaluate"):
             probs = model.probabilities([m.feats.X[sel] for m in members])
@@ -159,5 +151,5 @@ def train_combined(config: TrainConfig, *, data, members: list[MemberFeatures], 
     return write_outputs(result, data_name=_data_name(config), kind="probe")
 
 
-__all__ = ["CONCAT_MAX_BYTES", "CombinedScore", "MemberFeatures", "concat_candidate", "ensemble_candidate", "readable_everywhere",
+__all__ = ["CONCAT_MAX_BYTES", "CombinedScore", "MemberFeatures", "concat_candidate", "ensemble_candidate",
            "train_combined"]
